@@ -1,0 +1,30 @@
+"""Serve the course LLM: python -m labkit.llm --port 8300 --ledger-dir .lab/llm --rules course.toml"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import uvicorn
+
+from .rules import RuleBook
+from .server import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m labkit.llm", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--ledger-dir", type=Path, default=Path(".lab/llm"))
+    parser.add_argument("--rules", type=Path, action="append", default=[],
+                        help="TOML or JSON rule file; repeat to add more (earlier files win)")
+    args = parser.parse_args()
+    book = RuleBook()
+    for path in reversed(args.rules):
+        book.prepend(RuleBook.from_file(path).rules)
+    uvicorn.run(create_app(args.ledger_dir, book), host=args.host, port=args.port,
+                log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

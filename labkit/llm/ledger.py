@@ -1,0 +1,112 @@
+"""The ledger: every request the course LLM received, in SQLite, owned by the grader.
+
+Each request is committed before its response is sent, so the ledger is
+complete even when the calling process is SIGKILLed right after the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at        REAL    NOT NULL,
+    caller    TEXT    NOT NULL,
+    endpoint  TEXT    NOT NULL,
+    model     TEXT    NOT NULL,
+    prompt    TEXT    NOT NULL,
+    request   TEXT    NOT NULL,
+    rule      TEXT    NOT NULL,
+    status    INTEGER NOT NULL,
+    fault     TEXT,
+    reply     TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_by_caller ON requests (caller, rule);
+"""
+
+COURSE_KEY_PREFIX = "lab-"
+
+
+def caller_of(api_key: str | None) -> str:
+    """Course keys (lab-...) are recorded as they are; any other key only as a fingerprint."""
+    if not api_key:
+        return "anonymous"
+    if api_key.startswith(COURSE_KEY_PREFIX):
+        return api_key
+    return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    at: float
+    caller: str
+    endpoint: str
+    model: str
+    prompt: str
+    request: dict[str, Any]
+    rule: str
+    status: int
+    fault: str | None
+    reply: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Ledger:
+    """Read and write the ledger file. Safe to read while the server writes (WAL)."""
+
+    FILENAME = "ledger.sqlite"
+
+    def __init__(self, directory: Path | str):
+        self.path = Path(directory) / self.FILENAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def record(self, *, caller: str, endpoint: str, model: str, prompt: str,
+               request: dict[str, Any], rule: str, status: int,
+               fault: str | None, reply: str | None) -> int:
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT INTO requests (at, caller, endpoint, model, prompt, request, rule, status, fault, reply)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), caller, endpoint, model, prompt, json.dumps(request), rule, status, fault, reply),
+            )
+            return int(cursor.lastrowid)
+
+    def count(self, *, caller: str, rule: str) -> int:
+        with self._connect() as db:
+            (n,) = db.execute(
+                "SELECT COUNT(*) FROM requests WHERE caller = ? AND rule = ?", (caller, rule)
+            ).fetchone()
+        return int(n)
+
+    def entries(self, caller: str | None = None, since_id: int = 0) -> list[LedgerEntry]:
+        query = "SELECT * FROM requests WHERE id > ?"
+        params: list[Any] = [since_id]
+        if caller is not None:
+            query += " AND caller = ?"
+            params.append(caller)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY id", params).fetchall()
+        return [
+            LedgerEntry(id=r[0], at=r[1], caller=r[2], endpoint=r[3], model=r[4], prompt=r[5],
+                        request=json.loads(r[6]), rule=r[7], status=r[8], fault=r[9], reply=r[10])
+            for r in rows
+        ]

@@ -1,0 +1,163 @@
+"""Run programs as real OS processes and always reap them, whole trees included.
+
+Every process started here is registered; ``reap_all()`` kills what is left
+(at interpreter exit, on SIGTERM, and at the end of every pytest session), so a
+failed, timed-out or interrupted check leaves no worker, server or port behind.
+On Linux each child also gets PDEATHSIG: if the parent is SIGKILLed, the
+kernel kills the child. PDEATHSIG follows the *thread* that spawned the child,
+so spawn from the main thread (or a thread that lives as long as the child).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import psutil
+
+_live: dict[int, "ManagedProcess"] = {}
+
+
+def _own_group() -> None:  # runs in the child between fork and exec
+    os.setsid()  # own process group: one signal reaches the whole tree
+
+
+def _own_group_die_with_parent() -> None:
+    _own_group()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class ManagedProcess:
+    """One started program, its output in a log file, and its process tree."""
+
+    def __init__(self, argv: Sequence[str], *, name: str, log_path: Path,
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 detached: bool = False):
+        """detached=True: a background service meant to outlive this interpreter (`lab up`)."""
+        self.argv = list(argv)
+        self.name = name
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None, cwd=cwd,
+            preexec_fn=_own_group if detached else _own_group_die_with_parent,
+        )
+        self.pid = self.popen.pid
+        self.started_at = time.time()
+        self.killed_with: signal.Signals | None = None
+        if not detached:
+            _live[self.pid] = self
+
+    def __repr__(self) -> str:
+        return f"<{self.name} pid={self.pid} {'running' if self.alive else 'exited'}>"
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def tree(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        return []
+
+    def signal_tree(self, sig: signal.Signals) -> None:
+        for proc in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree, as a crash would, and wait until it is gone."""
+        self.killed_with = signal.SIGKILL
+        tree = self.tree()
+        self.signal_tree(signal.SIGKILL)
+        psutil.wait_procs(tree, timeout=5)
+        self._reap()
+
+    def interrupt(self, timeout: float = 10) -> int | None:
+        """SIGINT (Ctrl-C), wait for a graceful exit, SIGKILL if it does not come."""
+        self.killed_with = signal.SIGINT
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.stop()
+        return self.returncode
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL for whatever of the tree is left."""
+        tree = self.tree()
+        if tree:
+            self.signal_tree(signal.SIGTERM)
+            _, alive = psutil.wait_procs(tree, timeout=grace)
+            for proc in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+        self._reap()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _reap(self) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        self._log.close()
+        _live.pop(self.pid, None)
+
+
+def start(argv: Sequence[str], *, name: str, log_path: Path,
+          env: Mapping[str, str] | None = None, cwd: Path | None = None,
+          detached: bool = False) -> ManagedProcess:
+    return ManagedProcess(argv, name=name, log_path=log_path, env=env, cwd=cwd, detached=detached)
+
+
+def live() -> list[ManagedProcess]:
+    return list(_live.values())
+
+
+def reap_all(grace: float = 1.0) -> list[str]:
+    """Stop every process this interpreter started and has not reaped yet."""
+    reaped = []
+    for proc in list(_live.values()):
+        reaped.append(repr(proc))
+        proc.stop(grace)
+    return reaped
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by process tests
+    reap_all()
+    raise SystemExit(128 + signum)
+
+
+atexit.register(reap_all)
+if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, _on_sigterm)

@@ -1,0 +1,190 @@
+"""pytest plugin for the course's checks.
+
+- ``--lab-path DIR``: the lab folder to grade (a copy is graded, never the original);
+  ``--solution`` grades the reference solution. Default: labs/<slug>.
+- Session services: one Temporal dev server and one course LLM, started in
+  parallel, always stopped; each check gets its own task queue and LLM key.
+- A failing check shows its teaching message, not a traceback.
+- ``--lab-report FILE`` writes one JSON record per check for the `lab` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import course, proc
+from .feedback import CheckFailed, NotChecked
+from .services import CourseLLM, TemporalServer
+
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".lab", ".ipynb_checkpoints")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("lab", "Durable Agents Lab")
+    group.addoption("--lab-path", default=os.environ.get("LAB_PATH"),
+                    help="lab folder to grade (default: labs/<slug>)")
+    group.addoption("--solution", action="store_true", help="grade the reference solution")
+    group.addoption("--lab-report", default=None, help="write a JSON report of the checks here")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "check(name): the check's short name, shown to the student")
+    config._lab_records = []
+
+
+# --- the graded code -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabTarget:
+    """A copy of the graded lab folder, importable as the package `name` from `root`."""
+
+    lab: course.Lab
+    source: Path
+    root: Path
+    name: str
+
+    def module(self, short: str) -> str:
+        return f"{self.name}.{short}"
+
+    def python_env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LAB_PATH")}
+        env.update(PYTHONPATH=str(self.root), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        env.update(extra)
+        return env
+
+
+def make_target(config, lab: course.Lab, tmp: Path) -> LabTarget:
+    chosen = config.getoption("--lab-path")
+    if config.getoption("--solution"):
+        source = lab.solution_dir
+    elif chosen:
+        source = Path(chosen).resolve()
+    else:
+        source = lab.starter_dir
+    if not source.is_dir():
+        raise pytest.UsageError(f"no lab folder at {source}")
+    root = tmp / "graded"
+    shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE)
+    (root / lab.slug / "__init__.py").touch()
+    return LabTarget(lab=lab, source=source, root=root, name=lab.slug)
+
+
+@pytest.fixture(scope="module")
+def lab_target(request, tmp_path_factory) -> LabTarget:
+    """The lab under test, from the check module's LAB = "NN" constant."""
+    lab = course.load().lab(request.module.LAB)
+    return make_target(request.config, lab, tmp_path_factory.mktemp(lab.slug))
+
+
+# --- services ------------------------------------------------------------------------------------
+
+@dataclass
+class Services:
+    temporal_address: str
+    llm: CourseLLM
+    temporal: TemporalServer | None  # None when TEMPORAL_ADDRESS names an existing server
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory) -> Services:
+    state = tmp_path_factory.mktemp("services")
+    existing = os.environ.get("TEMPORAL_ADDRESS")
+    llm = CourseLLM(state, rules_files=[course.COURSE_TOML])
+    temporal = None if existing else TemporalServer(state, ui_port=None)
+    try:
+        # Spawn both, then wait for both: their start-up times overlap.
+        for service in filter(None, (llm, temporal)):
+            service.launch()
+        for service in filter(None, (llm, temporal)):
+            service.wait_ready()
+        yield Services(temporal_address=existing or temporal.address, llm=llm, temporal=temporal)
+    finally:
+        llm.stop()
+        if temporal:
+            temporal.stop()
+
+
+@pytest.fixture
+def unique_id(request) -> str:
+    """A short id for this check's task queue, workflow ids and LLM key."""
+    return f"{request.node.name[:24].replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def evidence(request) -> dict:
+    """Facts a check collected (llm_calls=1, restarts=1): shown on the check's line."""
+    found: dict = {}
+    request.node.user_properties.append(("evidence", found))
+    return found
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+def check_name(item) -> str:
+    marker = item.get_closest_marker("check")
+    return marker.args[0] if marker else item.name.removeprefix("test_").replace("_", "-")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and call.excinfo.errisinstance(CheckFailed):
+        failure: CheckFailed = call.excinfo.value
+        report.longrepr = failure.render()
+        report.outcome = "failed"  # a scenario failing in setup is still the check's verdict
+        report.lab_message = failure.render()
+        report.lab_blocked = isinstance(failure, NotChecked)
+    elif call.excinfo is not None and not call.excinfo.errisinstance((pytest.skip.Exception,)):
+        report.lab_message = ("internal error in the check (a bug in the course, not in your code; "
+                              f"please report it):\n{call.excinfo.exconly()}")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        config = _CONFIG[0] if _CONFIG else None
+        if config is None:
+            return
+        records = config._lab_records
+        nodeid = report.nodeid
+        record = next((r for r in records if r["nodeid"] == nodeid), None)
+        if record is None:
+            record = {"nodeid": nodeid, "check": _NAMES.get(nodeid, nodeid), "outcome": "passed",
+                      "duration": 0.0, "evidence": {}, "message": ""}
+            records.append(record)
+        record["duration"] += report.duration
+        if report.outcome != "passed":
+            record["outcome"] = "failed" if report.outcome != "skipped" else "skipped"
+            record["message"] = record["message"] or getattr(report, "lab_message", str(report.longrepr))
+        for key, value in report.user_properties:
+            if key == "evidence":
+                record["evidence"].update(value)
+
+
+_CONFIG: list = []
+_NAMES: dict[str, str] = {}
+
+
+def pytest_sessionstart(session):
+    _CONFIG[:] = [session.config]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        _NAMES[item.nodeid] = check_name(item)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    proc.reap_all()
+    path = session.config.getoption("--lab-report")
+    if path:
+        Path(path).write_text(json.dumps(session.config._lab_records, indent=2, default=str))

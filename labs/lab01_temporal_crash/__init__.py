@@ -1,0 +1,1 @@
+"""Lab 01 starter: the text's AnalyzeWorkflow crash lab, corrected so it runs."""
