@@ -150,24 +150,22 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" or report.outcome != "passed":
-        config = _CONFIG[0] if _CONFIG else None
-        if config is None:
-            return
-        records = config._lab_records
-        nodeid = report.nodeid
-        record = next((r for r in records if r["nodeid"] == nodeid), None)
-        if record is None:
-            record = {"nodeid": nodeid, "check": _NAMES.get(nodeid, nodeid), "outcome": "passed",
-                      "duration": 0.0, "evidence": {}, "message": ""}
-            records.append(record)
-        record["duration"] += report.duration
-        if report.outcome != "passed":
-            record["outcome"] = "failed" if report.outcome != "skipped" else "skipped"
-            record["message"] = record["message"] or getattr(report, "lab_message", str(report.longrepr))
-        for key, value in report.user_properties:
-            if key == "evidence":
-                record["evidence"].update(value)
+    if not _CONFIG:
+        return
+    records = _CONFIG[0]._lab_records
+    record = next((r for r in records if r["nodeid"] == report.nodeid), None)
+    if record is None:
+        record = {"nodeid": report.nodeid, "check": _NAMES.get(report.nodeid, report.nodeid),
+                  "outcome": "passed", "duration": 0.0, "evidence": {}, "message": "", "blocked": False}
+        records.append(record)
+    record["duration"] += report.duration
+    if report.outcome != "passed" and record["outcome"] == "passed":
+        record["outcome"] = "skipped" if report.outcome == "skipped" else "failed"
+        record["message"] = getattr(report, "lab_message", None) or str(report.longrepr)
+        record["blocked"] = getattr(report, "lab_blocked", False)
+    for key, value in report.user_properties:
+        if key == "evidence":
+            record["evidence"].update(value)
 
 
 _CONFIG: list = []

@@ -1,0 +1,52 @@
+# Durable Agents Lab — two commands on a fresh machine:  make demo   make test
+# Each creates and fills .venv/ when it is missing. Needs only Python >= 3.11, git and make.
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test check-solutions up down lock bench clean-state help
+
+help:
+	@echo "make demo    run the Lab 01 crash demo on the reference solution"
+	@echo "make test    run every test (kit, self-test, notebooks)"
+	@echo "make setup   create .venv/ (done automatically by the two above)"
+	@echo "make up / make down   start / stop the course services in the background"
+	@echo "make bench   time lab check 01 --solution and make test"
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is needed (python3 --version)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+	@echo "ready: $(BIN)/lab is the course CLI"
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/lab demo 01 --no-ui
+
+test: setup
+	$(BIN)/python -m pytest tests -q
+
+up: setup
+	$(BIN)/lab up
+
+down:
+	@test -x $(BIN)/lab && $(BIN)/lab down || true
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+# Regenerate requirements.lock from pyproject.toml in a throwaway venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -e .
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+	rm -rf .lock-venv
+
+clean-state: down
+	rm -rf .lab

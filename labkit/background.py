@@ -1,0 +1,111 @@
+"""`lab up` / `lab down`: the course services in the background, on fixed ports, state under .lab/.
+
+Temporal keeps its history in .lab/temporal/temporal.db, so workflows survive a
+`lab down` / `lab up` (and a devcontainer restart). The PIDs are kept in
+.lab/services.json; `lab down` stops exactly those processes, after checking
+each PID still runs the program it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+from .course import COURSE_TOML
+from .services import CourseLLM, ServiceError, TemporalServer, port_open
+from .state import STATE_DIR
+
+TEMPORAL_PORT, TEMPORAL_UI_PORT, LLM_PORT = 7233, 8233, 8300
+REGISTRY = STATE_DIR / "services.json"
+STUDENT_KEY = "lab-student"
+
+
+def student_env() -> dict[str, str]:
+    """What a student's shell needs to reach the background services."""
+    return {
+        "TEMPORAL_ADDRESS": os.environ.get("TEMPORAL_ADDRESS", f"localhost:{TEMPORAL_PORT}"),
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{LLM_PORT}/v1",
+        "OPENAI_API_KEY": STUDENT_KEY,
+    }
+
+
+def _registry() -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(REGISTRY.read_text())
+    return {}
+
+
+def _running(entry: dict) -> psutil.Process | None:
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(entry["pid"])
+        if process.is_running() and entry["program"] in " ".join(process.cmdline()):
+            return process
+    return None
+
+
+def up() -> Iterator[str]:
+    registry = _registry()
+    wanted = []
+    if "TEMPORAL_ADDRESS" in os.environ:
+        yield f"Temporal: using TEMPORAL_ADDRESS={os.environ['TEMPORAL_ADDRESS']} (not starting one)"
+    else:
+        wanted.append(("temporal", lambda: TemporalServer(
+            STATE_DIR / "temporal", port=TEMPORAL_PORT, ui_port=TEMPORAL_UI_PORT,
+            db_file=STATE_DIR / "temporal" / "temporal.db", detached=True), [TEMPORAL_PORT, TEMPORAL_UI_PORT]))
+    wanted.append(("llm", lambda: CourseLLM(STATE_DIR, rules_files=[COURSE_TOML], port=LLM_PORT,
+                                            detached=True), [LLM_PORT]))
+    started = []
+    for name, make, ports in wanted:
+        if name in registry and _running(registry[name]):
+            yield f"{name}: already running (pid {registry[name]['pid']})"
+            continue
+        busy = [port for port in ports if port_open(port)]
+        if busy:
+            yield (f"{name}: port {busy[0]} is taken by another program; stop it, or point the course "
+                   f"at it with TEMPORAL_ADDRESS (see `lab doctor`)")
+            continue
+        service = make().launch()
+        started.append((name, service))
+        registry[name] = {"pid": service.process.pid, "program": Path(service.process.argv[0]).name
+                          if name == "temporal" else "labkit.llm"}
+    for name, service in started:
+        try:
+            service.wait_ready()
+            yield f"{name}: started (pid {service.process.pid})"
+        except ServiceError as err:
+            registry.pop(name, None)
+            yield f"{name}: FAILED to start: {err}"
+    REGISTRY.parent.mkdir(parents=True, exist_ok=True)
+    REGISTRY.write_text(json.dumps(registry, indent=2))
+    if "temporal" in registry:
+        yield f"Temporal Web UI: http://localhost:{TEMPORAL_UI_PORT}"
+    yield "In your shell:  eval \"$(.venv/bin/lab env)\"   (or: " + " ".join(
+        f"{k}={v}" for k, v in student_env().items()) + ")"
+
+
+def down() -> Iterator[str]:
+    registry = _registry()
+    if not registry:
+        yield "nothing to stop (no services started by `lab up`)"
+    for name, entry in registry.items():
+        process = _running(entry)
+        if process is None:
+            yield f"{name}: not running"
+            continue
+        tree = [process, *process.children(recursive=True)]
+        for member in tree:
+            with contextlib.suppress(psutil.Error):
+                member.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for member in alive:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        yield f"{name}: stopped (pid {entry['pid']})"
+    with contextlib.suppress(FileNotFoundError):
+        REGISTRY.unlink()
