@@ -66,6 +66,7 @@ class Scenario:
     old_identities: set[str] = field(default_factory=set)
     new_identities: set[str] = field(default_factory=set)
     restart_to_done_s: float = 0.0
+    beyond_backoff_s: float = 0.0  # completion minus max(new worker start, retry due): our overhead
     replay: temporal.ReplayVerdict | None = None
     failure: CheckFailed | None = None
 
@@ -234,7 +235,7 @@ async def run_scenario(harness: Harness, scenario: Scenario) -> None:
         # Do what a graceful shutdown would have done; see temporal.forget_sticky_queue.
         await temporal.forget_sticky_queue(client, run.workflow_id)
 
-    restarted = time.monotonic()
+    restarted, restarted_at = time.monotonic(), datetime.now(timezone.utc)
     worker2 = harness.start_worker()
     replay = harness.replay = temporal.Replay(root=harness.target.root, module=harness.target.module("workflows"),
                                               workflow_id=scenario.a.workflow_id)
@@ -254,6 +255,8 @@ async def run_scenario(harness: Harness, scenario: Scenario) -> None:
         except WorkflowFailureError:
             raise await harness.closed_early(run, "FAILED")
     scenario.restart_to_done_s = time.monotonic() - restarted
+    retry_due = max(p.next_attempt_at for p in scenario.backoff_at_kill)
+    scenario.beyond_backoff_s = (datetime.now(timezone.utc) - max(restarted_at, retry_due)).total_seconds()
 
     ledger = harness.services.llm.ledger().entries(caller=harness.api_key)
     for run in (scenario.a, scenario.b):
@@ -299,7 +302,8 @@ def test_killed_worker_resumes_on_a_new_worker(scenario, evidence):
         raise scenario.failure
     a = scenario.a
     evidence.update(restarts=1, killed_pid=scenario.killed_pid,
-                    resumed_in=f"{scenario.restart_to_done_s:.1f}s")
+                    resumed_in=f"{scenario.restart_to_done_s:.1f}s",
+                    beyond_backoff=f"{scenario.beyond_backoff_s:.2f}s")
     pending = scenario.backoff_at_kill[0]
     if not (pending.next_attempt_at and scenario.killed_at and pending.next_attempt_at > scenario.killed_at):
         raise CheckFailed("The worker was not killed during the retry backoff",
