@@ -86,7 +86,7 @@ class Harness:
         self.env = target.python_env(
             TEMPORAL_ADDRESS=services.temporal_address,
             TEMPORAL_TASK_QUEUE=self.task_queue,
-            OPENAI_BASE_URL=services.llm.base_url,
+            OPENAI_BASE_URL=services.llm_base_url,
             OPENAI_API_KEY=f"lab-{key}",
             LAB01_DATABASE_URL=f"sqlite:///{self.db_path}",
         )
@@ -220,6 +220,7 @@ async def run_scenario(harness: Harness, scenario: Scenario) -> None:
     worker1 = harness.start_worker()
     scenario.old_identities = await harness.wait_polling(client, worker1, set())
 
+    harness.services.llm  # the course LLM answers before any workflow needs it
     harness.seed_committed_row(scenario.b.workflow_id)
     for run in (scenario.a, scenario.b):
         run.handle = await client.start_workflow(

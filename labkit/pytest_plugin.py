@@ -90,8 +90,18 @@ def lab_target(request, tmp_path_factory) -> LabTarget:
 @dataclass
 class Services:
     temporal_address: str
-    llm: CourseLLM
+    course_llm: CourseLLM
     temporal: TemporalServer | None  # None when TEMPORAL_ADDRESS names an existing server
+
+    @property
+    def llm(self) -> CourseLLM:
+        """The course LLM, once it answers (it may still be starting when the fixture returns)."""
+        return self.course_llm.wait_ready()
+
+    @property
+    def llm_base_url(self) -> str:
+        """Known before the LLM answers: hand it to workers that start in the meantime."""
+        return self.course_llm.base_url
 
 
 @pytest.fixture(scope="session")
@@ -101,12 +111,13 @@ def services(tmp_path_factory) -> Services:
     llm = CourseLLM(state, rules_files=[course.COURSE_TOML])
     temporal = None if existing else TemporalServer(state, ui_port=None)
     try:
-        # Spawn both, then wait for both: their start-up times overlap.
+        # Spawn both; wait only for Temporal. The LLM finishes starting while the first
+        # worker starts; `services.llm` waits for it on first use.
         for service in filter(None, (llm, temporal)):
             service.launch()
-        for service in filter(None, (llm, temporal)):
-            service.wait_ready()
-        yield Services(temporal_address=existing or temporal.address, llm=llm, temporal=temporal)
+        if temporal:
+            temporal.wait_ready()
+        yield Services(temporal_address=existing or temporal.address, course_llm=llm, temporal=temporal)
     finally:
         llm.stop()
         if temporal:

@@ -90,15 +90,21 @@ class TemporalServer:
     def launch(self) -> TemporalServer:
         """Spawn the server without waiting (spawn from the main thread: see proc, PDEATHSIG)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.process = proc.start(self.argv(), name="temporal", log_path=self.state_dir / "temporal.log",
-                                  detached=self.detached)
+        argv = self.argv()
+        try:
+            self.process = proc.start(argv, name="temporal", log_path=self.state_dir / "temporal.log",
+                                      detached=self.detached)
+        except OSError as exc:
+            raise ServiceError(f"cannot run the Temporal dev server {argv[0]}: {exc.strerror or exc}") from exc
         return self
 
     def wait_ready(self, timeout: float = 30) -> TemporalServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.process.alive:
-                raise ServiceError(f"the Temporal dev server exited at start:\n{self.process.output()[-2000:]}")
+                output = self.process.output()[-2000:]
+                self.process.stop()  # reap it: no zombie, no open log
+                raise ServiceError(f"the Temporal dev server exited at start:\n{output}")
             if port_open(self.port) and run_sync(temporal_ready(self.address)):
                 return self
             time.sleep(0.05)
@@ -133,6 +139,7 @@ class CourseLLM:
     port: int = field(default_factory=free_port)
     detached: bool = False
     process: proc.ManagedProcess | None = None
+    ready: bool = False
 
     @property
     def base_url(self) -> str:
@@ -162,12 +169,17 @@ class CourseLLM:
         return self
 
     def wait_ready(self, timeout: float = 20) -> CourseLLM:
+        if self.ready:
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.process.alive:
-                raise ServiceError(f"the course LLM exited at start:\n{self.process.output()[-2000:]}")
+                output = self.process.output()[-2000:]
+                self.process.stop()  # reap it: no zombie, no open log
+                raise ServiceError(f"the course LLM exited at start:\n{output}")
             try:
                 if httpx.get(f"http://{HOST}:{self.port}/_health", timeout=0.5).status_code == 200:
+                    self.ready = True
                     return self
             except httpx.HTTPError:
                 pass
