@@ -155,6 +155,12 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"  # a scenario failing in setup is still the check's verdict
         report.lab_message = failure.render()
         report.lab_blocked = isinstance(failure, NotChecked)
+    elif call.excinfo is not None and "Timeout" in call.excinfo.exconly() and \
+            call.excinfo.errisinstance(pytest.fail.Exception):
+        report.lab_message = (f"The check ran past its time limit ({item.config.getini('timeout')} s) and was "
+                              "stopped; every process it started was stopped too. Something in the run "
+                              "never finished: run `lab check` with --verbose to see where it waited.")
+        report.longrepr = report.lab_message
     elif call.excinfo is not None and not call.excinfo.errisinstance((pytest.skip.Exception,)):
         report.lab_message = ("internal error in the check (a bug in the course, not in your code; "
                               f"please report it):\n{call.excinfo.exconly()}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .course import REPO
 
-STATE_DIR = Path(REPO / ".lab")
+STATE_DIR = Path(os.environ.get("LAB_STATE_DIR", REPO / ".lab"))
 
 
 def _read(path: Path) -> dict:

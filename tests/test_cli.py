@@ -1,0 +1,66 @@
+"""The `lab` CLI, run as a student runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lab(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LAB_STATE_DIR": str(home)}
+    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_list_shows_every_lab_and_progress(tmp_path):
+    out = lab("list", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "01" in out.stdout and "pending" in out.stdout and "0/" in out.stdout
+
+
+def test_hint_gives_one_more_each_time(tmp_path):
+    first = lab("hint", "01", home=tmp_path).stdout
+    second = lab("hint", "01", home=tmp_path).stdout
+    assert "hint 1/" in first and "hint 2/" not in first
+    assert "hint 2/" in second
+
+
+def test_unknown_lab_is_a_clear_error(tmp_path):
+    out = lab("check", "99", home=tmp_path)
+    assert out.returncode == 2
+    assert "no lab '99'" in out.stdout
+
+
+def test_check_on_the_starter_fails_and_teaches(tmp_path):
+    out = lab("check", "01", home=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "this takes a few seconds" in out.stdout
+    assert "Not implemented yet: TODO(lab01)" in out.stdout
+    assert "Traceback" not in out.stdout
+    assert "lab hint 01" in out.stdout
+
+
+def test_check_on_the_solution_passes_with_evidence(tmp_path):
+    out = lab("check", "01", "--solution", home=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "crash-resume" in out.stdout and "PASSED" in out.stdout
+    assert "llm_calls_a=1" in out.stdout and "restarts=1" in out.stdout
+
+
+def test_doctor_reports_the_machine(tmp_path):
+    out = lab("doctor", home=tmp_path)
+    assert "temporal CLI" in out.stdout and "temporalio" in out.stdout
+    assert out.returncode == 0, out.stdout
+
+
+@pytest.mark.parametrize("args", [["check", "01", "--path", "/nonexistent/lab"],
+                                  ["check", "01", "--solution", "--path", "labs/lab01_temporal_crash"]])
+def test_bad_arguments_are_refused(tmp_path, args):
+    out = lab(*args, home=tmp_path)
+    assert out.returncode == 2, out.stdout
