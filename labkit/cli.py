@@ -70,7 +70,19 @@ def run_checks(lab: course.Lab, target_args: list[str], verbose: bool) -> list[d
                 "--lab-report", str(report), "--rootdir", str(REPO), *target_args]
         if not verbose:
             argv += ["--no-header", "-rN", "--tb=no", "--disable-warnings"]
-        done = subprocess.run(argv, cwd=REPO, capture_output=not verbose, text=True)
+        pipe = None if verbose else subprocess.PIPE
+        child = subprocess.Popen(argv, cwd=REPO, stdout=pipe, stderr=pipe, text=True)
+        try:
+            stdout, stderr = child.communicate()
+        except KeyboardInterrupt:
+            # The child got the same Ctrl-C: let it stop its servers and workers itself.
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            console.print("\n[yellow]interrupted[/yellow]: the check stopped every process it had started.")
+            raise typer.Exit(130) from None
+        done = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
         if report.exists():
             return json.loads(report.read_text())
         output = (done.stdout or "") + (done.stderr or "")

@@ -64,3 +64,30 @@ def test_doctor_reports_the_machine(tmp_path):
 def test_bad_arguments_are_refused(tmp_path, args):
     out = lab(*args, home=tmp_path)
     assert out.returncode == 2, out.stdout
+
+
+def test_ctrl_c_during_a_check_leaves_no_process_behind(tmp_path):
+    """Given a running `lab check`, When the student presses Ctrl-C (SIGINT to the process group),
+    Then the CLI says so and every server and worker the check started is gone."""
+    import signal
+    import time
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-m", "labkit.cli", "check", "01", "--solution"], cwd=REPO,
+                             env={**os.environ, "LAB_STATE_DIR": str(tmp_path)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    descendants: list[psutil.Process] = []
+    while time.monotonic() < deadline:  # wait until the worker runs: servers are up by then
+        descendants = psutil.Process(child.pid).children(recursive=True)
+        if any("lab01_temporal_crash.worker" in " ".join(p.cmdline()) for p in descendants if p.is_running()):
+            break
+        time.sleep(0.1)
+    assert descendants, "the check never started its processes"
+    os.killpg(child.pid, signal.SIGINT)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 130, out
+    assert "interrupted" in out
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
