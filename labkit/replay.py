@@ -18,8 +18,11 @@ import traceback
 def workflow_classes(module) -> list[type]:
     from temporalio.workflow import _Definition
 
-    return [obj for obj in vars(module).values()
-            if isinstance(obj, type) and _Definition.from_class(obj) is not None]
+    found: list[type] = []
+    for obj in vars(module).values():  # a class bound to two names (an alias) counts once
+        if isinstance(obj, type) and obj not in found and _Definition.from_class(obj) is not None:
+            found.append(obj)
+    return found
 
 
 async def main() -> dict:
