@@ -180,6 +180,48 @@ def demo(lab_id: str = typer.Argument(..., metavar="NN"),
 
 
 @app.command()
+def grade(
+    submissions: Path = typer.Argument(..., help="a folder with one subfolder per submission"),
+    labs: Optional[str] = typer.Option(None, "--labs", help="e.g. 01,02 (default: every lab)"),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="submissions graded at the same time"),
+    out: Path = typer.Option(Path("grades"), "--out", help="where the reports go"),
+    time_limit: float = typer.Option(240.0, "--time-limit", help="seconds per submission and lab"),
+) -> None:
+    """Grade a class: grades.csv, JUnit XML and Gradescope results.json per submission, a summary."""
+    from rich.progress import MofNCompleteColumn, TimeElapsedColumn
+
+    from . import grading
+
+    if not submissions.is_dir():
+        console.print(f"[red]no folder at {submissions}[/red]")
+        raise typer.Exit(2)
+    try:
+        chosen = grading.load_labs(labs)
+    except KeyError as err:
+        console.print(f"[red]{err.args[0]}[/red]")
+        raise typer.Exit(2) from None
+    found = grading.submissions_in(submissions)
+    if not found:
+        console.print(f"[red]{submissions} holds no submission folders[/red]")
+        raise typer.Exit(2)
+    console.print(f"grading {len(found)} submissions × {len(chosen)} labs, {jobs} at a time, with the "
+                  "course's own checks")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("grading", total=len(found) * len(chosen))
+
+        def advance(result) -> None:
+            bar.advance(task)
+            bar.console.print(f"{result.submission} lab{result.lab.id}: {result.score}/{result.max_score}"
+                              + (f"  ({result.error})" if result.error else ""))
+
+        results = grading.grade(found, chosen, jobs=jobs, out=out, time_limit=time_limit, progress=advance)
+    total = sum(r.score for r in results)
+    console.print(f"done: {out}/grades.csv, {out}/summary.md, {out}/junit/, {out}/gradescope/  "
+                  f"(class total {total}/{sum(r.max_score for r in results)})")
+
+
+@app.command()
 def up() -> None:
     """Start the course services in the background (Temporal + Web UI, course LLM)."""
     from . import background
