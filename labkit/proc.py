@@ -37,6 +37,13 @@ def _own_group_die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _exited(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 class ManagedProcess:
     """One started program, its output in a log file, and its process tree."""
 
@@ -49,11 +56,15 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None, cwd=cwd,
-            preexec_fn=_own_group if detached else _own_group_die_with_parent,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None, cwd=cwd,
+                preexec_fn=_own_group if detached else _own_group_die_with_parent,
+            )
+        except BaseException:  # no such program, not executable, bad cwd: keep no open log behind
+            self._log.close()
+            raise
         self.pid = self.popen.pid
         self.started_at = time.time()
         self.killed_with: signal.Signals | None = None
@@ -72,10 +83,13 @@ class ManagedProcess:
         return self.popen.poll()
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # closed once the process is reaped; the file stays readable
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def tree(self) -> list[psutil.Process]:
+        if self.popen.returncode is not None:  # reaped: its pid may be another program's by now
+            return []
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.pid)
             return [root, *root.children(recursive=True)]
@@ -93,7 +107,7 @@ class ManagedProcess:
         self.killed_with = signal.SIGKILL
         tree = self.tree()
         self.signal_tree(signal.SIGKILL)
-        psutil.wait_procs(tree, timeout=5)
+        self._wait_tree(tree, timeout=5)
         self._reap()
 
     def interrupt(self, timeout: float = 10) -> int | None:
@@ -113,12 +127,33 @@ class ManagedProcess:
         tree = self.tree()
         if tree:
             self.signal_tree(signal.SIGTERM)
-            _, alive = psutil.wait_procs(tree, timeout=grace)
+            alive = self._wait_tree(tree, timeout=grace)
             for proc in alive:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
-            psutil.wait_procs(alive, timeout=5)
+            self._wait_tree(alive, timeout=5)
         self._reap()
+
+    def _wait_tree(self, tree: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+        """Wait for these processes to exit; return those still running.
+
+        The root is waited for through Popen, never psutil: if psutil reaped it, Popen would
+        lose its exit status and report 0 for a process that was SIGKILLed. Descendants count as
+        exited once they are zombies: they hold no port or file any more, and the init of many
+        containers reaps orphans late or never (psutil.wait_procs would wait the whole timeout).
+        """
+        deadline = time.monotonic() + timeout
+        root = [p for p in tree if p.pid == self.pid]
+        if root:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        running = [p for p in tree if p.pid != self.pid]
+        while True:
+            running = [p for p in running if not _exited(p)]
+            if not running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        return root + running if root and self.popen.poll() is None else running
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:

@@ -14,12 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Endpoint = Literal["chat.completions"]
 
 
 class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key fails loudly instead of never matching
+
     name: str
     match: str | None = Field(None, description="regex searched in the last user message")
     model: str | None = Field(None, description="regex matched against the requested model")
@@ -45,7 +47,12 @@ class Rule(BaseModel):
             text = self.reply if self.reply is not None else ""
         if self.malformed:
             # Cut the reply in half: still looks like JSON, never parses.
-            return text[: max(1, len(text) // 2)]
+            cut = text[: max(1, len(text) // 2)]
+            try:
+                json.loads(cut)  # half a number ("12345" -> "12") is still JSON
+            except ValueError:
+                return cut
+            return "{" + cut
         return text
 
 

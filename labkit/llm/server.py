@@ -17,6 +17,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
+from pydantic import ValidationError
 
 from .ledger import Ledger, caller_of
 from .rules import Rule, RuleBook
@@ -60,7 +61,10 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
 
     @app.post("/_rules")
     async def push_rules(body: dict[str, Any]) -> dict[str, Any]:
-        pushed = [Rule.model_validate(r) for r in body.get("rules", [])]
+        try:
+            pushed = [Rule.model_validate(r) for r in body.get("rules", [])]
+        except ValidationError as exc:
+            return openai_error(422, f"invalid rule: {exc}", "invalid_request_error")
         rules.prepend(pushed)
         return {"rules": [r.name for r in rules.rules]}
 

@@ -1,0 +1,485 @@
+"""The course LLM, tested the way students' code uses it: the real `openai` client over HTTP.
+
+One server process (free port, temp dir) serves most tests; every test calls it with its own
+course key ("lab-..."), so the per-caller fault counters never leak between tests. Tests that
+restart or kill a server start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from labkit import proc
+from labkit.llm import Ledger
+from labkit.llm.ledger import caller_of
+from labkit.services import HOST, CourseLLM, ServiceError
+
+RULES_TOML = """
+[[rules]]
+name = "first"
+match = "\\\\bwinner\\\\b"
+reply = "the first rule"
+
+[[rules]]
+name = "second"
+match = "winner"
+reply = "the second rule"
+
+[[rules]]
+name = "mini-only"
+match = "which-model"
+model = "gpt-4o-mini"
+reply = "only for gpt-4o-mini"
+
+[[rules]]
+name = "any-model"
+match = "which-model"
+reply = "any other model"
+
+[[rules]]
+name = "alpha"
+match = "^alpha$"
+reply = "alpha rule"
+
+[[rules]]
+name = "beta"
+match = "^beta$"
+reply = "beta rule"
+
+[[rules]]
+name = "analysis"
+match = "give me json"
+reply_json = { sentiment = "positive", score = 0.75, topics = ["delivery", "support"] }
+
+[[rules]]
+name = "rate-limited"
+match = "rate-limit-me"
+fail_first = 2
+fail_status = 429
+reply = "made it past the rate limit"
+
+[[rules]]
+name = "server-error"
+match = "break-the-server"
+fail_first = 1
+fail_status = 500
+reply = "recovered"
+
+[[rules]]
+name = "slow"
+match = "take-your-time"
+latency_ms = 600
+reply = "slowly"
+
+[[rules]]
+name = "broken"
+match = "broken json"
+malformed = true
+reply_json = { sentiment = "negative", summary = "cut in half", topics = ["a", "b"] }
+
+[[rules]]
+name = "pushable"
+match = "who-answers"
+reply = "the rules file"
+"""
+
+MODEL = "gpt-4o-mini"
+
+
+def running(pid: int) -> bool:
+    """A process that exists and has not exited (a zombie waiting for its reaper has exited)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(condition, timeout: float, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return condition()
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.toml"
+    path.write_text(RULES_TOML)
+    return path
+
+
+def _start_llm(state_dir: Path, rules_file: Path):
+    llm = CourseLLM(state_dir, rules_files=[rules_file])
+    try:
+        llm.start()
+    except BaseException:
+        llm.stop()
+        raise
+    return llm
+
+
+def _stop_llm(llm: CourseLLM) -> None:
+    pids = [p.pid for p in llm.process.tree()]
+    llm.stop()
+    survivors = [pid for pid in pids if running(pid)]
+    assert not survivors, f"the course LLM left processes behind: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory, rules_file):
+    server = _start_llm(tmp_path_factory.mktemp("llm"), rules_file)
+    try:
+        yield server
+    finally:
+        _stop_llm(server)
+
+
+@pytest.fixture
+def own_llm(tmp_path, rules_file):
+    """A server of the test's own, for tests that restart or kill it."""
+    servers: list[CourseLLM] = []
+
+    def start(state_dir: Path = tmp_path / "llm") -> CourseLLM:
+        server = _start_llm(state_dir, rules_file)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            _stop_llm(server)
+
+
+@pytest.fixture
+def key(request) -> str:
+    return f"lab-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def connect():
+    clients: list[openai.OpenAI] = []
+
+    def make(server: CourseLLM, api_key: str) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=server.base_url, api_key=api_key, max_retries=0, timeout=10)
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.close()
+
+
+def ask(client: openai.OpenAI, prompt: str, model: str = MODEL, **kwargs):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                          **kwargs)
+
+
+def text_of(completion) -> str:
+    return completion.choices[0].message.content
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+def test_first_matching_rule_wins(llm, connect, key):
+    client = connect(llm, key)
+    assert text_of(ask(client, "and the winner is")) == "the first rule"
+    # "winners" does not match \bwinner\b, so the second rule is the first match now
+    assert text_of(ask(client, "all the winners")) == "the second rule"
+    assert [e.rule for e in Ledger(llm.ledger_dir).entries(caller=key)] == ["first", "second"]
+
+
+def test_rules_match_the_last_user_message_only(llm, connect, key):
+    client = connect(llm, key)
+    messages = [
+        {"role": "system", "content": "alpha"},
+        {"role": "user", "content": "alpha"},
+        {"role": "assistant", "content": "alpha rule"},
+        {"role": "user", "content": "beta"},
+    ]
+    assert text_of(client.chat.completions.create(model=MODEL, messages=messages)) == "beta rule"
+    messages = [{"role": "user", "content": "beta"}, {"role": "assistant", "content": "beta rule"},
+                {"role": "user", "content": [{"type": "text", "text": "alpha"}]}]  # content parts
+    assert text_of(client.chat.completions.create(model=MODEL, messages=messages)) == "alpha rule"
+    # a system message alone is not what the rules look at
+    system_only = [{"role": "system", "content": "alpha"}, {"role": "user", "content": "something else"}]
+    assert text_of(client.chat.completions.create(model=MODEL, messages=system_only)) == "OK."
+    prompts = [e.prompt for e in Ledger(llm.ledger_dir).entries(caller=key)]
+    assert prompts == ["beta", "alpha", "something else"]
+
+
+def test_model_regex_selects_the_rule(llm, connect, key):
+    client = connect(llm, key)
+    assert text_of(ask(client, "which-model?", model="gpt-4o-mini")) == "only for gpt-4o-mini"
+    # the model pattern is a full match: a longer name does not match it
+    assert text_of(ask(client, "which-model?", model="gpt-4o-mini-2024")) == "any other model"
+    assert text_of(ask(client, "which-model?", model="course-model")) == "any other model"
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.model, e.rule) for e in entries] == [
+        ("gpt-4o-mini", "mini-only"), ("gpt-4o-mini-2024", "any-model"), ("course-model", "any-model")]
+
+
+def test_no_matching_rule_gets_the_fallback(llm, connect, key):
+    completion = ask(connect(llm, key), "nothing in the rules file matches this")
+    assert text_of(completion) == "OK."
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == MODEL
+    (entry,) = Ledger(llm.ledger_dir).entries(caller=key)
+    assert (entry.rule, entry.status, entry.reply) == ("fallback", 200, "OK.")
+
+
+def test_reply_json_is_json_text(llm, connect, key):
+    content = text_of(ask(connect(llm, key), "please give me json"))
+    assert json.loads(content) == {"sentiment": "positive", "score": 0.75, "topics": ["delivery", "support"]}
+
+
+def test_usage_is_present_and_adds_up(llm, connect, key):
+    client = connect(llm, key)
+    short = ask(client, "hi")
+    long = ask(client, "hi " * 200)
+    for completion in (short, long):
+        usage = completion.usage
+        assert usage is not None
+        assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert long.usage.prompt_tokens > short.usage.prompt_tokens
+    assert long.usage.completion_tokens == short.usage.completion_tokens  # same reply, same count
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+def test_fail_first_two_with_429_then_success(llm, connect, key):
+    client = connect(llm, key)
+    for attempt in (1, 2):
+        with pytest.raises(openai.RateLimitError) as caught:
+            ask(client, "rate-limit-me")
+        assert caught.value.status_code == 429
+        assert f"fail_first {attempt}/2" in caught.value.message
+    assert text_of(ask(client, "rate-limit-me")) == "made it past the rate limit"
+    assert text_of(ask(client, "rate-limit-me")) == "made it past the rate limit"
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.status, e.fault) for e in entries] == [
+        (429, "fail_first 1/2"), (429, "fail_first 2/2"), (200, None), (200, None)]
+
+
+def test_500_is_an_internal_server_error(llm, connect, key):
+    client = connect(llm, key)
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask(client, "break-the-server")
+    assert caught.value.status_code == 500
+    assert text_of(ask(client, "break-the-server")) == "recovered"
+
+
+def test_fault_counters_are_per_caller(llm, connect, key):
+    one, two = connect(llm, key + "-one"), connect(llm, key + "-two")
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError):
+            ask(one, "rate-limit-me")
+    assert text_of(ask(one, "rate-limit-me")) == "made it past the rate limit"
+    # the second caller gets its own first two failures, although the first caller used theirs up
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError):
+            ask(two, "rate-limit-me")
+    assert text_of(ask(two, "rate-limit-me")) == "made it past the rate limit"
+    ledger = Ledger(llm.ledger_dir)
+    for caller in (key + "-one", key + "-two"):
+        assert [e.status for e in ledger.entries(caller=caller)] == [429, 429, 200]
+
+
+def test_fault_counters_survive_a_server_restart(own_llm, connect, key, tmp_path):
+    state = tmp_path / "restarted"
+    first = own_llm(state)
+    with pytest.raises(openai.RateLimitError):
+        ask(connect(first, key), "rate-limit-me")
+    _stop_llm(first)
+    second = own_llm(state)
+    client = connect(second, key)
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, "rate-limit-me")
+    assert "fail_first 2/2" in caught.value.message
+    assert text_of(ask(client, "rate-limit-me")) == "made it past the rate limit"
+    assert [e.status for e in Ledger(state / "llm").entries(caller=key)] == [429, 429, 200]
+
+
+def test_latency_ms_delays_the_reply(llm, connect, key):
+    client = connect(llm, key)
+    ask(client, "warm up the connection")
+    started = time.monotonic()
+    assert text_of(ask(client, "take-your-time")) == "slowly"
+    slow = time.monotonic() - started
+    started = time.monotonic()
+    ask(client, "no hurry needed")
+    fast = time.monotonic() - started
+    assert 0.6 <= slow < 5, slow
+    assert fast < 0.6, f"latency leaked into a rule without latency_ms: {fast:.2f} s"
+
+
+def test_malformed_reply_is_not_json(llm, connect, key):
+    content = text_of(ask(connect(llm, key), "broken json please"))
+    assert content.strip()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(content)
+    (entry,) = Ledger(llm.ledger_dir).entries(caller=key)
+    assert (entry.status, entry.fault, entry.reply) == (200, "malformed", content)
+
+
+@pytest.mark.parametrize("reply", [{"reply_json": 12345}, {"reply_json": 7}, {"reply_json": "x"},
+                                   {"reply_json": True}, {"reply_json": []}, {"reply_json": {"a": 1}},
+                                   {"reply": "42"}, {"reply": ""}])
+def test_malformed_never_parses_whatever_the_reply(reply):
+    from labkit.llm import Rule
+
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(Rule(name="m", malformed=True, **reply).reply_text())
+
+
+def test_misspelt_rule_keys_fail_loudly():
+    from pydantic import ValidationError
+
+    from labkit.llm import Rule
+
+    with pytest.raises(ValidationError, match="fail_frist"):
+        Rule(name="typo", match="x", fail_frist=2)
+
+
+def test_stream_true_gets_a_clear_400(llm, connect, key):
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(connect(llm, key), "stream this", stream=True)
+    assert caught.value.status_code == 400
+    assert "does not stream" in caught.value.message
+
+
+# --- rules at run time ---------------------------------------------------------------------------
+
+def test_rules_pushed_at_run_time_take_priority(llm, connect, key):
+    client = connect(llm, key)
+    assert text_of(ask(client, "who-answers?")) == "the rules file"
+    llm.push_rules([{"name": "pushed", "match": "who-answers", "reply": "the pushed rule"}])
+    assert text_of(ask(client, "who-answers?")) == "the pushed rule"
+    # pushing a rule with the same name replaces it, still in front
+    llm.push_rules([{"name": "pushed", "match": "who-answers", "reply_json": {"v": 2}}])
+    assert json.loads(text_of(ask(client, "who-answers?"))) == {"v": 2}
+    assert [e.rule for e in Ledger(llm.ledger_dir).entries(caller=key)] == ["pushable", "pushed", "pushed"]
+    names = httpx.get(f"http://{HOST}:{llm.port}/_health", timeout=5).json()["rules"]
+    assert names[0] == "pushed" and names.count("pushed") == 1
+
+
+def test_an_invalid_pushed_rule_is_refused_with_a_reason(llm):
+    response = httpx.post(f"http://{HOST}:{llm.port}/_rules", timeout=5,
+                          json={"rules": [{"name": "bad", "fail_status": 404}]})
+    assert 400 <= response.status_code < 500, response.text
+    assert "fail_status" in response.text
+    assert "bad" not in httpx.get(f"http://{HOST}:{llm.port}/_health", timeout=5).json()["rules"]
+
+
+# --- the ledger ----------------------------------------------------------------------------------
+
+def test_ledger_from_python_and_over_http(llm, connect, key):
+    client = connect(llm, key)
+    ask(client, "first question")
+    ask(client, "second question", model="course-model")
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.prompt, e.model, e.status, e.endpoint, e.caller) for e in entries] == [
+        ("first question", MODEL, 200, "chat.completions", key),
+        ("second question", "course-model", 200, "chat.completions", key)]
+    assert entries[0].request["messages"] == [{"role": "user", "content": "first question"}]
+    assert entries[0].at <= entries[1].at and entries[0].id < entries[1].id
+
+    over_http = httpx.get(f"http://{HOST}:{llm.port}/_ledger", params={"caller": key}, timeout=5).json()
+    assert [row["id"] for row in over_http] == [e.id for e in entries]
+    assert [(row["prompt"], row["model"], row["status"], row["rule"]) for row in over_http] == [
+        (e.prompt, e.model, e.status, e.rule) for e in entries]
+    since = httpx.get(f"http://{HOST}:{llm.port}/_ledger", params={"caller": key, "since": entries[0].id},
+                      timeout=5).json()
+    assert [row["prompt"] for row in since] == ["second question"]
+
+
+def test_a_non_course_key_is_never_stored_verbatim(llm, connect):
+    secret = "sk-sentinel-123"
+    ask(connect(llm, secret), "a call with a real-looking key")
+    fingerprint = caller_of(secret)
+    assert fingerprint.startswith("key:") and secret not in fingerprint
+    entries = Ledger(llm.ledger_dir).entries(caller=fingerprint)
+    assert len(entries) == 1 and entries[0].prompt == "a call with a real-looking key"
+    stored = [path for path in llm.state_dir.rglob("*") if path.is_file()]
+    assert any(path.name.startswith(Ledger.FILENAME) for path in stored)
+    for path in stored:  # the SQLite file, its WAL and the server's log
+        assert secret.encode() not in path.read_bytes(), f"{secret} found in {path}"
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import os, openai
+    client = openai.OpenAI(base_url=os.environ["OPENAI_BASE_URL"], api_key=os.environ["OPENAI_API_KEY"],
+                           max_retries=0, timeout=30)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "kill-me-now"}])
+    print("got the reply", flush=True)
+""")
+
+
+def test_ledger_keeps_the_request_of_a_sigkilled_client(own_llm, connect, key, tmp_path):
+    server = own_llm()
+    server.push_rules([{"name": "hangs", "match": "kill-me-now", "latency_ms": 3000, "reply": "too late"}])
+    env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": key}
+    client = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ledger = Ledger(server.ledger_dir)
+        assert wait_until(lambda: ledger.entries(caller=key), timeout=15), "the request never reached the server"
+        assert client.poll() is None, "the client got its reply before it could be killed"
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(10) == -signal.SIGKILL
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        output = client.stdout.read().decode()
+        client.stdout.close()
+    assert "got the reply" not in output
+    # the reply never reached anyone; the request is recorded anyway, and a crash of the server
+    # itself (mid-request, in its latency) does not lose it: it was committed before the reply
+    server.process.kill()
+    (entry,) = Ledger(server.ledger_dir).entries(caller=key)
+    assert (entry.prompt, entry.rule, entry.status, entry.reply) == ("kill-me-now", "hangs", 200, "too late")
+
+
+# --- process hygiene -----------------------------------------------------------------------------
+
+def test_server_binds_127_0_0_1_only(llm):
+    listening = [c for p in llm.process.tree() for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening, "the course LLM listens on nothing"
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}
+    assert llm.port in {c.laddr.port for c in listening}
+
+
+def test_a_bad_rules_file_gives_a_readable_service_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\nname = "oops"\nfail_status = 404\n')
+    server = CourseLLM(tmp_path / "llm", rules_files=[bad])
+    try:
+        with pytest.raises(ServiceError) as caught:
+            server.start(timeout=15)
+    finally:
+        server.stop()
+    message = str(caught.value)
+    assert "course LLM exited at start" in message and "fail_status" in message
+    assert not running(server.process.pid)
+    assert server.process not in proc.live()
