@@ -1,0 +1,86 @@
+"""`lab demo 01`: the crash scenario on the reference solution, narrated, in under 15 s, leaving nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import time
+import xml.etree.ElementTree as ET
+
+import psutil
+import pytest
+from rich.console import Console
+
+from labkit import course, proc
+
+DEMO_BUDGET_S = 15.0
+# the demo imports the check module outside the checks' pytest plugin, which registers its `check` mark
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
+
+
+def load_demo():
+    path = course.REPO / "checks" / "demo_lab01_temporal_crash.py"
+    spec = importlib.util.spec_from_file_location("demo_lab01_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_demo_tells_the_crash_story_and_stops_everything():
+    demo = load_demo()
+    before = descendants()
+    out = io.StringIO()
+    console = Console(file=out, width=240, color_system=None)  # no wrapped lines
+    demo.SVG_PATH.unlink(missing_ok=True)
+    started = time.monotonic()
+    status = demo.run(console, ui=True, keep=False)
+    elapsed = time.monotonic() - started
+    text = out.getvalue()
+
+    assert status == 0, text
+    steps = [r"Web UI at http://localhost:\d+", r"worker1 started: pid (\d+)", r"workflow A started",
+             r"parse_json attempt 1 failed .*; retry due in \d\.\d s", r"SIGKILL worker1 pid (\d+)",
+             r"told the server the worker is gone \(ResetStickyTaskQueue\)", r"worker2 started: pid (\d+)",
+             r"workflow A completed: row id \d+", r"workflow B completed: row id 4242",
+             r"LLM calls for this run: 1", r"replay of A's history against the workflow code: no non-determinism"]
+    position = 0
+    for step in steps:
+        found = re.compile(step).search(text, position)
+        assert found, f"missing, or out of order: {step!r}\n{text}"
+        position = found.end()
+    assert re.search(r"worker1 started: pid (\d+)", text).group(1) == re.search(r"SIGKILL worker1 pid (\d+)",
+                                                                                 text).group(1)
+    for column in ("call_llm", "parse_json", "save_to_db", "backoff 2.0 s", "✖ killed"):
+        assert column in text, f"{column!r} missing from the timeline table:\n{text}"
+
+    svg = ET.fromstring(demo.SVG_PATH.read_text())
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    assert elapsed < DEMO_BUDGET_S, f"the demo took {elapsed:.1f} s (budget {DEMO_BUDGET_S:.0f} s)"
+
+    assert not proc.live(), f"the demo left managed processes: {proc.live()}"
+    deadline = time.monotonic() + 3
+    while descendants() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = descendants() - before
+    assert not left, f"the demo left processes: {[psutil.Process(p).cmdline() for p in left]}"
+
+
+def test_demo_keep_waits_for_enter_then_stops(monkeypatch):
+    demo = load_demo()
+    asked = []
+
+    def enter(*_):
+        # while the demo holds, its servers answer: the Web UI and Temporal are still up
+        asked.append([p for p in proc.live() if p.name in ("temporal", "course-llm") and p.alive])
+        return ""
+
+    monkeypatch.setattr("builtins.input", enter)
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    assert demo.run(console, ui=False, keep=True) == 0
+    assert len(asked) == 1 and {p.name for p in asked[0]} == {"temporal", "course-llm"}
+    assert not proc.live()

@@ -1,0 +1,130 @@
+"""Every notebook executes headless against the reference solutions and leaves nothing running.
+
+The notebooks are found two ways, and both must agree: every notebooks/*.ipynb, and every
+lab's `notebook` field in course.toml (the single source of truth: a notebook no lab names,
+or a lab naming a missing notebook, fails here). Each runs in a fresh python3 kernel (the
+venv's ipykernel) with
+    LAB_PATH=solutions/<slug>        the lab folder the notebook works on
+    LAB_NOTEBOOK_AUTORUN=1           no human in the loop: steps that wait for one act alone
+and a time limit from the notebook's metadata (`"lab": {"timeout_s": N}`, default 120 s).
+
+"Nothing left behind" is checked twice: when the last cell has run (the notebook must stop
+what it started, not leave it to the kernel's exit) and after the kernel has shut down. Processes
+are recognised by a token in their environment, which every process the kernel starts inherits,
+and by being the kernel's descendants.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from labkit import course
+
+REPO = course.REPO
+NOTEBOOKS = REPO / "notebooks"
+DEFAULT_TIMEOUT_S = 120
+TOKEN_VAR = "LAB_NOTEBOOK_TEST_TOKEN"
+EXIT_GRACE_S = 3.0  # a process told to stop may take a moment to be gone
+
+
+def notebook_timeout(path: Path) -> float:
+    if not path.exists():
+        return DEFAULT_TIMEOUT_S
+    return float(nbformat.read(path, as_version=4).metadata.get("lab", {}).get("timeout_s", DEFAULT_TIMEOUT_S))
+
+
+def notebook_params() -> list:
+    named = {lab.notebook_path.resolve(): lab for lab in course.load().labs if lab.notebook}
+    present = {path.resolve() for path in NOTEBOOKS.glob("*.ipynb")}
+    params = []
+    for path in sorted(named.keys() | present):
+        limit = notebook_timeout(path)
+        # the hard stop (pytest-timeout) leaves room for the kernel's start and shutdown
+        params.append(pytest.param(path, named.get(path), id=path.stem,
+                                   marks=pytest.mark.timeout(limit + 60)))
+    return params
+
+
+def left_behind(token: str, kernel_pid: int | None) -> list[str]:
+    """Processes carrying the token, or descending from the kernel, other than the kernel itself."""
+    found: dict[int, psutil.Process] = {}
+    if kernel_pid is not None:
+        try:
+            for child in psutil.Process(kernel_pid).children(recursive=True):
+                found[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    for process in psutil.process_iter():
+        if process.pid in (os.getpid(), kernel_pid):
+            continue
+        try:
+            if process.environ().get(TOKEN_VAR) == token:
+                found[process.pid] = process
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    described = []
+    for pid, process in sorted(found.items()):
+        try:
+            described.append(f"pid {pid} [{process.status()}] {' '.join(process.cmdline())[:160]}")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue  # gone meanwhile
+    return described
+
+
+def still_running(token: str, kernel_pid: int | None, grace: float = EXIT_GRACE_S) -> list[str]:
+    deadline = time.monotonic() + grace
+    while True:
+        found = left_behind(token, kernel_pid)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("path", "lab"), notebook_params())
+def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab | None, monkeypatch):
+    assert lab is not None, (f"notebooks/{path.name} belongs to no lab: set the `notebook` field of its lab "
+                             "in course.toml")
+    assert path.exists(), f"course.toml names {lab.notebook} for lab {lab.id}, but the file is missing"
+    assert lab.solution_dir.is_dir(), f"no reference solution at solutions/{lab.slug} to run the notebook on"
+    notebook = nbformat.read(path, as_version=4)
+    limit = notebook_timeout(path)
+    token = uuid.uuid4().hex
+    monkeypatch.setenv("LAB_PATH", str(lab.solution_dir))
+    monkeypatch.setenv("LAB_NOTEBOOK_AUTORUN", "1")
+    monkeypatch.setenv(TOKEN_VAR, token)
+
+    client = NotebookClient(notebook, kernel_name="python3", timeout=limit, allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    kernel_pid = None
+    started = time.monotonic()
+    try:
+        with client.setup_kernel():
+            kernel_pid = getattr(client.km.provisioner, "pid", None)
+            for index, cell in enumerate(notebook.cells):
+                client.execute_cell(cell, index)
+            elapsed = time.monotonic() - started
+            after_last_cell = still_running(token, kernel_pid)
+    except CellExecutionError as err:
+        pytest.fail(f"{path.name} failed headless on solutions/{lab.slug}:\n{err}", pytrace=False)
+    finally:
+        after_shutdown = still_running(token, None)  # the kernel is gone now: nothing may carry the token
+        for line in after_shutdown:  # do not leak them into the next test either
+            pid = int(line.split()[1])
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    assert not after_last_cell, (f"{path.name} left processes running after its last cell (stop them in the "
+                                 "notebook, e.g. services.stop()):\n" + "\n".join(after_last_cell))
+    assert not after_shutdown, f"{path.name} left processes behind its kernel:\n" + "\n".join(after_shutdown)
+    assert elapsed <= limit, f"{path.name} took {elapsed:.1f} s, more than its {limit:.0f} s"
