@@ -188,7 +188,9 @@ class CourseLLM:
         raise ServiceError(f"the course LLM did not answer on port {self.port} within {timeout:.0f} s")
 
     def push_rules(self, rules: list[dict]) -> None:
-        httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5).raise_for_status()
+        response = httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5)
+        if response.status_code != 200:
+            raise ServiceError(f"the course LLM refused the rules ({response.status_code}): {response.text}")
 
     def stop(self) -> None:
         if self.process is not None:
