@@ -135,8 +135,7 @@ class Narrator:
                  f"as {identity_of(identities, worker.pid)}")
 
     def workflow_started(self, run) -> None:
-        link = f"  [link={self.ui_url}/namespaces/default/workflows/{run.workflow_id}]open in the Web UI[/link]" \
-            if self.ui_url else ""
+        link = f"  {self.ui_url}/namespaces/default/workflows/{run.workflow_id}" if self.ui_url else ""
         extra = ""
         if run is self.scenario.b:
             extra = ("\n        [dim]its row was already committed by an earlier save that died before "
@@ -154,7 +153,7 @@ class Narrator:
                  "[dim](no graceful shutdown: like a crash or an OOM kill)[/dim]")
 
     def restarted(self) -> None:
-        self.say("told the server the worker is gone (ResetStickyTaskQueue) [dim]: a Ctrl-C shutdown does "
+        self.say("told the server the worker is gone (ResetStickyTaskQueue) [dim]- a Ctrl-C shutdown does "
                  "this itself; after kill -9 the next workflow task would otherwise wait ~10 s on the dead "
                  "worker's sticky queue[/dim]")
         self.restarted_at = time.monotonic()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Sequence
 from xml.sax.saxutils import escape
 
@@ -280,7 +280,7 @@ def _earlier_attempts(row: str, run, known: Sequence[Attempt], last_failure: str
         start = attempt.started_at or cursor
         end = attempt.ended_at
         if end is None and attempt.retry_at is not None and interval is not None:
-            end = max(start, attempt.retry_at - _td(interval))
+            end = max(start, attempt.retry_at - timedelta(seconds=interval))
         end = end or start
         spans.append(Span(row, "attempt", start, end, worker=attempt.worker, attempt=attempt.attempt,
                           outcome=attempt.outcome, note=attempt.failure or "", recorded=False))
@@ -298,7 +298,8 @@ def _earlier_attempts(row: str, run, known: Sequence[Attempt], last_failure: str
             cursor = stop
         if following is not None and (following - cursor).total_seconds() > 0.25:
             spans.append(Span(row, "wait", cursor, following, attempt=attempt.attempt + 1,
-                              note="due, but no worker took it yet", recorded=False))
+                              note="due, but not started yet: no worker polling, or the activity paused",
+                              recorded=False))
             cursor = following
     missing = [n for n in range(1, run.attempt) if n not in {a.attempt for a in known}]
     if missing:
@@ -309,12 +310,6 @@ def _earlier_attempts(row: str, run, known: Sequence[Attempt], last_failure: str
                                + (f": {last_failure})" if last_failure else ")"),
                           recorded=False))
     return spans
-
-
-def _td(seconds: float):
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
 
 
 # --- the terminal: a Rich table ------------------------------------------------------------------
@@ -573,8 +568,8 @@ def svg(timeline: Timeline, *, width: int = 860) -> str:
     out.append(text(40, ly, "retry backoff (a timer on the server)", 10, fill=NOTE))
     out.append(f'<line x1="250" y1="{ly - 4}" x2="274" y2="{ly - 4}" stroke="{NOTE}" stroke-width="2" '
                f'stroke-dasharray="1 3"/>')
-    out.append(text(278, ly, "waiting for a worker", 10, fill=NOTE))
-    out.append(f'<rect x="410" y="{ly - 9}" width="14" height="10" fill="#2563eb" fill-opacity="0.55"/>')
-    out.append(text(428, ly, "pale: an attempt seen with describe(), not a history event", 10, fill=NOTE))
+    out.append(text(278, ly, "due, not started yet (no worker, or paused)", 10, fill=NOTE))
+    out.append(f'<rect x="520" y="{ly - 9}" width="14" height="10" fill="#2563eb" fill-opacity="0.55"/>')
+    out.append(text(538, ly, "pale: seen with describe(), not in history", 10, fill=NOTE))
     out.append("</svg>")
     return "\n".join(out)
