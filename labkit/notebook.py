@@ -164,6 +164,9 @@ async def wait_for_retry(handle, activity: str, timeout: float = 30) -> Attempt:
         description = await handle.describe()
         if description.status is not None and description.status.name != "RUNNING":
             raise RuntimeError(f"the workflow ended {description.status.name} before {activity} was retried")
+        task_failure = await _workflow_task_failure(handle)
+        if task_failure:
+            raise RuntimeError(f"the workflow code failed in the worker: {task_failure}")
         for failed in await failed_attempts(handle):
             if failed.activity == activity and failed.retry_at and failed.retry_at > datetime.now(timezone.utc):
                 return failed
@@ -172,6 +175,15 @@ async def wait_for_retry(handle, activity: str, timeout: float = 30) -> Attempt:
                          + (f" (last failure: {p.last_failure})" if p.last_failure else "") for p in pending) or seen
         await asyncio.sleep(0.05)
     raise TimeoutError(f"{activity} did not reach a retry backoff within {timeout:.0f} s; pending: {seen}")
+
+
+async def _workflow_task_failure(handle) -> str | None:
+    from temporalio.api.enums.v1 import EventType
+
+    for event in (await handle.fetch_history()).events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            return event.workflow_task_failed_event_attributes.failure.message.splitlines()[0][:300]
+    return None
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, every: float = 0.2) -> T:

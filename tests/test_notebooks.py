@@ -2,8 +2,8 @@
 
 The notebooks are found two ways, and both must agree: every notebooks/*.ipynb, and every
 lab's `notebook` field in course.toml (the single source of truth: a notebook no lab names,
-or a lab naming a missing notebook, fails here). Each runs in a fresh python3 kernel (the
-venv's ipykernel) with
+or a lab naming a missing notebook, fails here). Each runs in a fresh kernel on this interpreter
+(the venv's ipykernel, whatever kernelspecs the user has) with
     LAB_PATH=solutions/<slug>        the lab folder the notebook works on
     LAB_NOTEBOOK_AUTORUN=1           no human in the loop: steps that wait for one act alone
 and a time limit from the notebook's metadata (`"lab": {"timeout_s": N}`, default 120 s).
@@ -16,7 +16,9 @@ and by being the kernel's descendants.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +36,18 @@ NOTEBOOKS = REPO / "notebooks"
 DEFAULT_TIMEOUT_S = 120
 TOKEN_VAR = "LAB_NOTEBOOK_TEST_TOKEN"
 EXIT_GRACE_S = 3.0  # a process told to stop may take a moment to be gone
+KERNEL = "durable-agents-lab-test"
+
+
+def this_python_kernel(directory: Path) -> str:
+    """A kernelspec that runs ipykernel on this very interpreter (the venv's), found before any
+    user-level `python3` kernelspec that may point at another Python."""
+    spec = directory / "kernels" / KERNEL
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (Durable Agents Lab venv)", "language": "python"}))
+    return KERNEL
 
 
 def notebook_timeout(path: Path) -> float:
@@ -90,7 +104,7 @@ def still_running(token: str, kernel_pid: int | None, grace: float = EXIT_GRACE_
 
 
 @pytest.mark.parametrize(("path", "lab"), notebook_params())
-def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab | None, monkeypatch):
+def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab | None, monkeypatch, tmp_path):
     assert lab is not None, (f"notebooks/{path.name} belongs to no lab: set the `notebook` field of its lab "
                              "in course.toml")
     assert path.exists(), f"course.toml names {lab.notebook} for lab {lab.id}, but the file is missing"
@@ -101,8 +115,11 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
     monkeypatch.setenv("LAB_PATH", str(lab.solution_dir))
     monkeypatch.setenv("LAB_NOTEBOOK_AUTORUN", "1")
     monkeypatch.setenv(TOKEN_VAR, token)
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(tmp_path / "jupyter"),
+                                                                     os.environ.get("JUPYTER_PATH")])))
+    kernel = this_python_kernel(tmp_path / "jupyter")
 
-    client = NotebookClient(notebook, kernel_name="python3", timeout=limit, allow_errors=False,
+    client = NotebookClient(notebook, kernel_name=kernel, timeout=limit, allow_errors=False,
                             resources={"metadata": {"path": str(path.parent)}})
     kernel_pid = None
     started = time.monotonic()
