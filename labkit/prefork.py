@@ -175,10 +175,12 @@ class Child:
         return Path(self.log_path).read_text(errors="replace") if Path(self.log_path).exists() else ""
 
     def signal_tree(self, sig) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # The child itself first: just after the fork it may not have its own group yet.
+        for send in (os.kill, os.killpg):
+            try:
+                send(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def kill(self) -> None:
         self.killed_with = signal.SIGKILL
