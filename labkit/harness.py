@@ -1,0 +1,109 @@
+"""Run a lab's worker as real processes for a check: start it, wait until it polls, kill it, restart it.
+
+Generic over labs: the lab's package supplies `python -m <pkg>.worker`, which reads
+TEMPORAL_ADDRESS, TEMPORAL_TASK_QUEUE and the OpenAI variables from its environment.
+Failures become teaching messages (CheckFailed), never bare asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+
+from . import proc, temporal
+from .feedback import CheckFailed, student_error, tail, unfinished
+
+
+BENIGN_TASK_FAILURES = {
+    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND,
+    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_STICKY_TASK_QUEUE,
+    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_FORCE_CLOSE_COMMAND,
+    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_FAILOVER_CLOSE_COMMAND,
+    WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW,
+}
+
+
+class WorkerHarness:
+    """The student's worker processes for one check scenario, on their own task queue and LLM key."""
+
+    def __init__(self, target, services, workdir: Path, *, lab: str, key: str, **env: str):
+        self.target, self.services, self.workdir, self.lab = target, services, Path(workdir), lab
+        self.task_queue = f"lab{lab}-{key}"
+        self.api_key = f"lab-{key}"
+        self.env = target.python_env(
+            TEMPORAL_ADDRESS=services.temporal_address,
+            TEMPORAL_TASK_QUEUE=self.task_queue,
+            OPENAI_BASE_URL=services.llm.base_url,
+            OPENAI_API_KEY=self.api_key,
+            **env,
+        )
+        self.workers: list[proc.ManagedProcess] = []
+
+    def start_worker(self) -> proc.ManagedProcess:
+        n = len(self.workers) + 1
+        worker = proc.start([sys.executable, "-m", self.target.module("worker")], name=f"worker{n}",
+                            log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
+        self.workers.append(worker)
+        return worker
+
+    async def wait_polling(self, client: Client, worker: proc.ManagedProcess, known: set[str] = frozenset(),
+                           timeout: float = 20.0) -> set[str]:
+        """Identities of the workers that started polling the task queue (and are not in `known`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker.alive:
+                log = worker.output()
+                error = student_error(log) or f"exit status {worker.returncode}"
+                raise CheckFailed(
+                    f"Your worker exited before it started polling: {error}",
+                    observed=f"`python -m {self.target.module('worker')}` stopped with exit status {worker.returncode}",
+                    expected="a worker that keeps polling its task queue until it is stopped",
+                    revisit="Fix the error above (run the worker yourself from the lab folder to see it "
+                            "whole). A missing name usually means something the worker imports is not "
+                            "defined yet.",
+                    details=tail(log))
+            fresh = await temporal.pollers(client, self.task_queue) - set(known)
+            if fresh:
+                return fresh
+            await asyncio.sleep(0.05)
+        raise CheckFailed(
+            f"Your worker did not start polling within {timeout:.0f} s",
+            observed=f"no worker polled task queue {self.task_queue!r}; the process is still running",
+            expected="`async with Worker(...)` (or `await worker.run()`) polling the task queue from "
+                     "TEMPORAL_TASK_QUEUE",
+            revisit="worker.py: connect the client, build the Worker with the workflow and the activities, "
+                    "and run it. Something before that may be blocking (an input(), a loop).",
+            details=tail(worker.output()))
+
+    async def workflow_task_failure(self, handle: WorkflowHandle, expected: str,
+                                    history: WorkflowHistory | None = None) -> CheckFailed | None:
+        """The teaching message for a workflow task that failed (a TODO, an exception, a sandbox error).
+
+        Only failures of the student's code count; the server's own retries of a task
+        (a signal arriving mid-task, a reset sticky queue) are not the student's fault.
+        """
+        history = history or await handle.fetch_history()
+        for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                attrs = event.workflow_task_failed_event_attributes
+                if attrs.cause in BENIGN_TASK_FAILURES:
+                    continue
+                message = attrs.failure.message
+                return unfinished(message, self.lab) or CheckFailed(
+                    f"Your workflow code failed inside the worker: {message.splitlines()[0][:200]}",
+                    observed="the workflow task failed, so the workflow cannot make progress",
+                    expected=expected,
+                    revisit="Workflow code runs in Temporal's sandbox and is replayed: import activities and "
+                            "models under `with workflow.unsafe.imports_passed_through():`, and do no I/O, "
+                            "clock reads or randomness in the workflow (facts: §64.2.1 API names).",
+                    details=tail(message, 12))
+        return None
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
