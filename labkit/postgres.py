@@ -218,7 +218,8 @@ class PostgresServer(_Databases):
         if self._throwaway is None:
             # Outside state_dir: as root the server's user must reach it, and pytest's
             # temp dirs are private (0700) to root.
-            self._throwaway = Path(tempfile.mkdtemp(prefix="lab-pg-"))
+            _sweep_stale_throwaways()
+            self._throwaway = Path(tempfile.mkdtemp(prefix=THROWAWAY_PREFIX))
             _owned_by_server_user(self._throwaway)
         return self._throwaway / "data"
 
@@ -310,6 +311,20 @@ class PostgresServer(_Databases):
         if self._throwaway is not None:
             shutil.rmtree(self._throwaway, ignore_errors=True)
             self._throwaway = None
+
+
+THROWAWAY_PREFIX = "lab-pg-"
+STALE_AFTER_S = 3600
+
+
+def _sweep_stale_throwaways() -> None:
+    """Delete throwaway data dirs left by a check that was SIGKILLed (its server died with it):
+    older than an hour and with no server running on them."""
+    now = time.time()
+    for leftover in Path(tempfile.gettempdir()).glob(THROWAWAY_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > STALE_AFTER_S and _postmaster_pid(leftover / "data") is None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _postmaster_status(data: Path) -> str | None:

@@ -111,3 +111,17 @@ def test_a_server_that_cannot_start_says_why(tmp_path):
         clash.stop()
     finally:
         taken.stop()
+
+
+def test_a_throwaway_left_by_a_killed_check_is_swept_later(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(postgres.tempfile, "gettempdir", lambda: str(tmp_path))
+    stale, fresh = tmp_path / "lab-pg-stale", tmp_path / "lab-pg-fresh"
+    for folder in (stale, fresh):
+        (folder / "data").mkdir(parents=True)
+    old = time.time() - 2 * postgres.STALE_AFTER_S
+    os.utime(stale, (old, old))
+    postgres._sweep_stale_throwaways()
+    assert not stale.exists() and fresh.exists()
