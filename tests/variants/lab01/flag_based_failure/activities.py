@@ -8,6 +8,7 @@ the LLM is not called again.
 import functools
 import json
 import os
+import threading
 
 from openai import AsyncOpenAI
 from pydantic import ValidationError
@@ -17,6 +18,8 @@ from temporalio.exceptions import ApplicationError
 
 from .models import Analysis, AnalysisRow, make_engine
 
+_engine_lock = threading.Lock()
+
 
 @functools.cache
 def llm_client() -> AsyncOpenAI:
@@ -25,8 +28,14 @@ def llm_client() -> AsyncOpenAI:
 
 
 @functools.cache
-def engine():
+def _cached_engine():
     return make_engine()
+
+
+def engine():
+    # Two first saves running at once in the worker's threads must not both create the table.
+    with _engine_lock:
+        return _cached_engine()
 
 
 @activity.defn
