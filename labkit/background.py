@@ -1,5 +1,7 @@
 """`lab up` / `lab down`: the course services in the background, on fixed ports, state under .lab/.
 
+Temporal 7233 (Web UI 8233), the course LLM 8300, PostgreSQL 5433 (labkit.postgres).
+
 Temporal keeps its history in .lab/temporal/temporal.db, so workflows survive a
 `lab down` / `lab up` (and a devcontainer restart). The PIDs are kept in
 .lab/services.json; `lab down` stops exactly those processes, after checking
@@ -17,12 +19,14 @@ from typing import Iterator
 
 import psutil
 
+from . import postgres
 from .course import COURSE_TOML
 from .services import CourseLLM, ServiceError, TemporalServer, port_open
 from .state import STATE_DIR
 
 TEMPORAL_PORT, TEMPORAL_UI_PORT, LLM_PORT = 7233, 8233, 8300
 REGISTRY = STATE_DIR / "services.json"
+OWN_TEMPORAL = f"localhost:{TEMPORAL_PORT}"  # TEMPORAL_ADDRESS naming these is not "another server"
 STUDENT_KEY = "lab-student"
 
 
@@ -32,6 +36,7 @@ def student_env() -> dict[str, str]:
         "TEMPORAL_ADDRESS": os.environ.get("TEMPORAL_ADDRESS", f"localhost:{TEMPORAL_PORT}"),
         "OPENAI_BASE_URL": f"http://127.0.0.1:{LLM_PORT}/v1",
         "OPENAI_API_KEY": STUDENT_KEY,
+        "DATABASE_URL": os.environ.get("DATABASE_URL", postgres.up_url()),
     }
 
 
@@ -52,7 +57,7 @@ def _running(entry: dict) -> psutil.Process | None:
 def up() -> Iterator[str]:
     registry = _registry()
     wanted = []
-    if "TEMPORAL_ADDRESS" in os.environ:
+    if os.environ.get("TEMPORAL_ADDRESS", OWN_TEMPORAL) not in (OWN_TEMPORAL, f"127.0.0.1:{TEMPORAL_PORT}"):
         yield f"Temporal: using TEMPORAL_ADDRESS={os.environ['TEMPORAL_ADDRESS']} (not starting one)"
     else:
         wanted.append(("temporal", lambda: TemporalServer(
@@ -83,6 +88,13 @@ def up() -> Iterator[str]:
             yield f"{name}: FAILED to start: {err}"
     REGISTRY.parent.mkdir(parents=True, exist_ok=True)
     REGISTRY.write_text(json.dumps(registry, indent=2))
+    if os.environ.get("DATABASE_URL", postgres.up_url()) != postgres.up_url():
+        yield "PostgreSQL: using DATABASE_URL (not starting one)"
+    else:
+        try:
+            yield f"postgres: running at {postgres.up()} (data in {postgres.UP_STATE})"
+        except ServiceError as err:
+            yield f"postgres: FAILED to start: {err}"
     if "temporal" in registry:
         yield f"Temporal Web UI: http://localhost:{TEMPORAL_UI_PORT}"
     yield "In your shell:  eval \"$(.venv/bin/lab env)\"   (or: " + " ".join(
@@ -91,8 +103,10 @@ def up() -> Iterator[str]:
 
 def down() -> Iterator[str]:
     registry = _registry()
+    if postgres.down():
+        yield "postgres: stopped (data kept)"
     if not registry:
-        yield "nothing to stop (no services started by `lab up`)"
+        yield "nothing else to stop (no services started by `lab up`)"
     for name, entry in registry.items():
         process = _running(entry)
         if process is None:

@@ -222,6 +222,30 @@ def grade(
 
 
 @app.command()
+def approve(
+    workflow_id: str = typer.Argument(..., help="the workflow waiting for a decision"),
+    reject: bool = typer.Option(False, "--reject", help="reject instead of approve"),
+    reason: str = typer.Option("", "--reason", "--comment", help="why (kept in the workflow's result)"),
+    reviewer: str = typer.Option(os.environ.get("USER", "reviewer"), "--reviewer"),
+    update: bool = typer.Option(False, "--update", help="send the `decide` update and wait for its answer "
+                                "(needs a running worker) instead of a signal"),
+) -> None:
+    """Approve (or --reject) a workflow that waits for a human, from outside its process."""
+    from .aio import run_sync
+    from .approval import ApprovalError, send_decision
+
+    try:
+        result = run_sync(send_decision(None, workflow_id, decision="reject" if reject else "approve",
+                                        reviewer=reviewer, comment_or_reason=reason,
+                                        via="update" if update else "signal"))
+    except ApprovalError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    console.print(str(result), markup=False)
+    raise typer.Exit(1 if result.accepted is False else 0)
+
+
+@app.command()
 def up() -> None:
     """Start the course services in the background (Temporal + Web UI, course LLM)."""
     from . import background
