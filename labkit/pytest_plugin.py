@@ -224,3 +224,24 @@ def postgres(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+# --- the course web (labs 04, 05 and later) ------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def web(tmp_path_factory):
+    """The course's local web (labkit.web): search + pages + scripted faults + a fetch ledger.
+
+    One server for the session on a free port, ready when the fixture returns, always stopped.
+    Serves labkit/corpus/research.toml. Give each check its own caller so ledgers and fault
+    counters never mix: ``base = web.url_for(caller)`` for the student's code,
+    ``web.set_behaviour(slug, caller=caller, slow_ms=...)``, ``web.ledger().fetches(caller)``.
+    """
+    from .web import CourseWeb
+
+    server = CourseWeb(tmp_path_factory.mktemp("web"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
