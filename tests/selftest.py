@@ -1,0 +1,278 @@
+"""Shared helpers for the course's self-tests: helpers, not tests (pytest collects nothing here).
+
+A check is graded the way the `lab` CLI and the grader run it: `python -m pytest <check>
+--lab-path DIR --lab-report FILE` in a subprocess, in its own process group, with a hard timeout,
+its own servers, and a marker in its environment that every process it starts inherits. After the
+run nothing it started may still be running, it must have written its report, and the report must
+hold exactly course.toml's checks, in order, none of them an internal error.
+
+A known-bad variant (tests/variants/labNN/<name>/) is the solution with ONE bug, marked
+`BUG(<name>)` in each file it changes; a correct variant of a different shape is named `good_<name>`.
+A lab's self-test, tests/test_labNN_selftest.py, is a table of its variants and three tests:
+
+    from labkit import course
+    from selftest import Variant, assert_folders_match, assert_solution_plus_marked_bug, \\
+        bad, parametrize, run_variant
+
+    LAB = course.load().lab("04")
+    AFTER_RESUME = ("state-after-resume", "time-travel")  # checks a failed resume keeps from running
+
+    VARIANTS = [
+        # fails: check -> fragments its message must contain; blocked: checks that must say
+        # "not checked: ..."; every other check must pass.
+        Variant("no_interrupt", changed=("graph.py",), blocked=AFTER_RESUME, fails={
+            "pauses-for-review": ("The graph ran past the review step", "interrupt()"),
+        }),
+        Variant("slow_variant", changed=("graph.py",), budget_s=60, fails={...}),
+        Variant("good_other_shape"),
+    ]
+
+    @parametrize(VARIANTS)
+    def test_variant_gets_its_verdict(variant, tmp_path):
+        run_variant(LAB, variant, tmp_path)
+
+    def test_variant_folders_match_the_list_and_the_readme():
+        assert_folders_match(LAB, VARIANTS)
+
+    @parametrize(bad(VARIANTS))
+    def test_bad_variant_is_the_solution_with_one_marked_bug(variant):
+        assert_solution_plus_marked_bug(LAB, variant)
+
+Do not repeat what tests/test_course_selftest.py proves for every lab in course.toml: the
+solution passes, the untouched starter fails ("Not implemented yet: TODO(labNN)" or "not
+checked: ..."), the starter has TODO markers. A lab-specific run (say, the solution under another
+setting) calls `run_check(LAB, tmp_path, solution=True, env={...})` and asserts on `run.records`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from labkit import course
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = Path(__file__).resolve().parent / "variants"
+
+RUN_TIMEOUT_S = 120  # the course's per-check timeout (pyproject: [tool.pytest.ini_options] timeout)
+RUN_BUDGET_S = 45.0  # a whole check run (services, scenario, teardown); a slow variant says more
+MARKER_ENV = "LAB_SELFTEST_RUN"  # inherited by every process a run starts: finds its leftovers
+INTERNAL_ERROR = "internal error in the check"
+NOT_CHECKED = "not checked:"
+# Settings a developer's shell may hold that would point a run at other servers, another folder
+# or another way of starting programs: a self-test run uses its own and the defaults.
+SCRUBBED_ENV = ("LAB_PATH", "TEMPORAL_ADDRESS", "DATABASE_URL", "PYTEST_ADDOPTS", "LAB_PREFORK")
+
+
+# --- running a check the way the CLI does ---------------------------------------------------------
+
+@dataclass
+class CheckRun:
+    returncode: int
+    seconds: float
+    output: str
+    records: dict[str, dict] = field(default_factory=dict)  # check name -> its --lab-report record
+
+    def describe(self) -> str:
+        lines = [f"exit status {self.returncode} after {self.seconds:.1f}s"]
+        for name, record in self.records.items():
+            head = record["message"].splitlines()[0] if record["message"] else ""
+            lines.append(f"  {name}: {record['outcome']}  {head[:200]}")
+        return "\n".join(lines) + "\n--- output (tail) ---\n" + "\n".join(self.output.splitlines()[-30:])
+
+    def failed(self) -> list[str]:
+        return [name for name, record in self.records.items() if record["outcome"] != "passed"]
+
+
+def running_processes_of(marker: str, paths: Iterable[Path]) -> list[str]:
+    """Processes still running that a check run started: they carry its marker in their
+    environment (PostgreSQL too, though it runs as another user when we are root), or name one of
+    its folders on their command line or as their cwd. A zombie is not running: it holds no port
+    and runs nothing."""
+    found = []
+    needles = [str(p) for p in paths]
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(p.info["cmdline"] or [])
+            hit = any(n in cmdline for n in needles)
+            with contextlib.suppress(psutil.Error):
+                hit = hit or p.environ().get(MARKER_ENV) == marker
+                hit = hit or any(p.cwd().startswith(n) for n in needles)
+            if hit:
+                found.append(f"pid {p.pid}: {cmdline[:200]}")
+    return found
+
+
+def running_children() -> list[psutil.Process]:
+    """This process's descendants that are still running (not zombies)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, solution: bool = False,
+              env: Mapping[str, str] | None = None, budget_s: float | None = None) -> CheckRun:
+    """Run `lab`'s check on `lab_path` (default: the starter, labs/<slug>; or the solution) as
+    `lab check` does, and assert the run is sound: finished within RUN_TIMEOUT_S (else its process
+    group is killed), left nothing running, wrote its report with exactly course.toml's checks in
+    order, exited 0 or 1, no internal error; and, if `budget_s` is given, took less than that.
+    `env`: extra environment for the run. The verdicts are for the caller to assert."""
+    report, basetemp = tmp_path / "report.json", tmp_path / "basetemp"
+    argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
+            f"--basetemp={basetemp}", f"--lab-report={report}"]
+    if solution:
+        argv.append("--solution")
+    if lab_path is not None:
+        argv.append(f"--lab-path={lab_path}")
+    marker = uuid.uuid4().hex
+    child_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    child_env.update(env or {})
+    child_env[MARKER_ENV] = marker
+    started = time.monotonic()
+    child = subprocess.Popen(argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        output, _ = child.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        output, _ = child.communicate()
+        pytest.fail(f"the check run did not finish within {RUN_TIMEOUT_S} s:\n{output[-3000:]}")
+    run = CheckRun(returncode=child.returncode, seconds=time.monotonic() - started, output=output)
+
+    # Nothing the run started may outlive it: not a worker, a server, nor a replay.
+    survivors = running_processes_of(marker, [p for p in (lab_path, basetemp) if p is not None])
+    children = running_children()
+    assert not survivors and not children, (
+        f"processes left behind by the check run: {survivors or children}\n{run.describe()}")
+
+    assert report.exists(), f"the check run wrote no --lab-report\n{run.describe()}"
+    records = json.loads(report.read_text())
+    run.records = {r["check"]: r for r in records}
+    assert run.returncode in (0, 1), f"pytest itself failed (usage or internal error)\n{run.describe()}"
+    for name, record in run.records.items():
+        assert INTERNAL_ERROR not in record["message"], f"{name}: {record['message']}\n{run.describe()}"
+    assert [r["check"] for r in records] == [c.name for c in lab.checks], (
+        f"the report's checks are not course.toml's, in its order\n{run.describe()}")
+    if budget_s is not None:
+        assert run.seconds < budget_s, f"took {run.seconds:.1f}s (budget {budget_s}s)\n{run.describe()}"
+    return run
+
+
+# --- variants ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """A copy of the lab's solution under tests/variants/labNN/<name>.
+
+    fails: check -> fragments its message must contain (and it must be checked, not "not checked");
+    blocked: checks that must say "not checked: ..." (a check in `fails` is not blocked even when
+    listed here, so `blocked=every check` reads "the rest could not run"); every other check passes.
+    changed: the files that differ from the solution's, each marking its bug with BUG(<name>).
+    budget_s: the whole run's time limit, when not the lab's (RUN_BUDGET_S unless it says)."""
+
+    name: str
+    fails: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    changed: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+    budget_s: float | None = None
+
+    @property
+    def good(self) -> bool:
+        return self.name.startswith("good_")
+
+    def path(self, lab: course.Lab) -> Path:
+        return VARIANTS / f"lab{lab.id}" / self.name
+
+
+def bad(variants: Iterable[Variant]) -> list[Variant]:
+    return [v for v in variants if not v.good]
+
+
+def parametrize(variants: Iterable[Variant]):
+    """`@parametrize(VARIANTS)`: one test per variant, named after it, as the argument `variant`."""
+    variants = list(variants)
+    return pytest.mark.parametrize("variant", variants, ids=[v.name for v in variants])
+
+
+def assert_verdict(lab: course.Lab, variant: Variant, run: CheckRun, *, budget_s: float = RUN_BUDGET_S,
+                   not_checked: str = NOT_CHECKED) -> None:
+    """The run of `variant` gave exactly the verdict its table row expects, within its budget.
+    `not_checked`: how a blocked check's message starts (a lab may say more than NOT_CHECKED)."""
+    checks = [c.name for c in lab.checks]
+    unknown = sorted((set(variant.fails) | set(variant.blocked)) - set(checks))
+    assert not unknown, f"{variant.name}: no such check(s) in course.toml: {unknown}"
+    assert not (variant.good and (variant.fails or variant.blocked)), f"{variant.name}: a good_ variant fails nothing"
+    budget = variant.budget_s or budget_s
+    assert run.seconds < budget, f"took {run.seconds:.1f}s (budget {budget}s)\n{run.describe()}"
+    for check in checks:
+        record = run.records[check]
+        if check in variant.fails:
+            assert record["outcome"] == "failed", f"{check} should fail\n{run.describe()}"
+            assert not record["message"].startswith(NOT_CHECKED), f"{check} should be checked\n{run.describe()}"
+            for needle in variant.fails[check]:
+                assert needle in record["message"], f"{check}: {needle!r} not in:\n{record['message']}"
+        elif check in variant.blocked:
+            assert record["outcome"] == "failed" and record["message"].startswith(not_checked), (
+                f"{check} should be {not_checked!r}...\n{run.describe()}")
+        else:
+            assert record["outcome"] == "passed", f"{check} should pass\n{run.describe()}"
+    assert run.returncode == (0 if variant.good else 1), run.describe()
+
+
+def run_variant(lab: course.Lab, variant: Variant, tmp_path: Path, *, budget_s: float = RUN_BUDGET_S,
+                not_checked: str = NOT_CHECKED) -> CheckRun:
+    """Run the check on the variant's folder and assert its verdict (see assert_verdict)."""
+    run = run_check(lab, tmp_path, lab_path=variant.path(lab))
+    assert_verdict(lab, variant, run, budget_s=budget_s, not_checked=not_checked)
+    return run
+
+
+def assert_folders_match(lab: course.Lab, variants: Iterable[Variant]) -> None:
+    """tests/variants/labNN holds exactly the listed variants, and its README.md names each one."""
+    variants = list(variants)
+    folder = VARIANTS / f"lab{lab.id}"
+    folders = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(v.name for v in variants)
+    readme = (folder / "README.md").read_text()
+    for variant in variants:
+        assert f"`{variant.name}`" in readme, f"README.md does not describe {variant.name}"
+
+
+def assert_solution_plus_marked_bug(lab: course.Lab, variant: Variant, *, ignore: tuple[str, ...] = ()) -> None:
+    """A bad variant is the solution outside the files it declares changed, and each of those
+    differs and marks its bug with BUG(<name>). A variant that drifted from the solution tests
+    something else: re-copy it. `ignore`: files a lab lets differ (say, a docstring per variant)."""
+    assert not variant.good and variant.changed, f"{variant.name}: a bad variant names the files it changes"
+    names = sorted(p.name for p in lab.solution_dir.glob("*.py"))
+    assert sorted(p.name for p in variant.path(lab).glob("*.py")) == names
+    assert set(variant.changed) <= set(names), f"{variant.name}: changed names no solution file"
+    for name in names:
+        if name in ignore:
+            continue
+        mine = variant.path(lab) / name
+        same = filecmp.cmp(lab.solution_dir / name, mine, shallow=False)
+        if name in variant.changed:
+            assert not same, f"{variant.name}/{name} is declared changed but equals the solution's"
+            assert f"BUG({variant.name})" in mine.read_text(), (
+                f"{variant.name}/{name}: mark the bug with a BUG({variant.name}) comment")
+        else:
+            assert same, f"{variant.name}/{name} differs from solutions/{lab.slug}/{name}: re-copy it"
