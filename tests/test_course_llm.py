@@ -94,6 +94,51 @@ reply_json = { sentiment = "negative", summary = "cut in half", topics = ["a", "
 name = "pushable"
 match = "who-answers"
 reply = "the rules file"
+
+[[rules]]
+name = "agent-script"
+endpoint = "responses"
+match = '\\[script\\]'
+turns = [
+    { tool = "lookup", arguments = { city = "Oslo" } },
+    { calls = [{ tool = "lookup", arguments = { city = "Bergen" } }, { tool = "notify", arguments = { text = "two cities" } }] },
+    { reply = "Oslo and Bergen are both in Norway." },
+]
+
+[[rules]]
+name = "chat-script"
+match = '\\[chat-script\\]'
+turns = [
+    { tool = "lookup", arguments = { city = "Oslo" } },
+    { reply_json = { answer = "Oslo" } },
+]
+
+[[rules]]
+name = "responses-plain"
+endpoint = "responses"
+match = "plain responses"
+reply = "a plain answer"
+
+[[rules]]
+name = "responses-429"
+endpoint = "responses"
+match = "responses-rate-limit"
+fail_first = 1
+fail_status = 429
+turns = [{ tool = "lookup", arguments = { city = "Oslo" } }, { reply = "after the rate limit" }]
+
+[[rules]]
+name = "responses-broken"
+endpoint = "responses"
+match = "broken arguments"
+malformed = true
+turns = [{ tool = "lookup", arguments = { city = "Oslo" } }, { reply = "never reached" }]
+
+[[rules]]
+name = "either-endpoint"
+endpoint = "any"
+match = "either-endpoint"
+reply = "from any endpoint"
 """
 
 MODEL = "gpt-4o-mini"
@@ -383,7 +428,7 @@ def test_rules_pushed_at_run_time_take_priority(llm, connect, key):
 
 
 def test_an_invalid_pushed_rule_is_refused_with_a_reason(llm):
-    response = httpx.post(f"http://{HOST}:{llm.port}/_rules", timeout=5,
+    response = httpx.post(f"http://{HOST}:{llm.port}/_rules", timeout=5, headers=llm.admin_headers(),
                           json={"rules": [{"name": "bad", "fail_status": 404}]})
     assert 400 <= response.status_code < 500, response.text
     assert "fail_status" in response.text
@@ -483,3 +528,187 @@ def test_a_bad_rules_file_gives_a_readable_service_error(tmp_path):
     assert "course LLM exited at start" in message and "fail_status" in message
     assert not running(server.process.pid)
     assert server.process not in proc.live()
+
+
+# --- the Responses API and scripted tool calls ---------------------------------------------------
+
+def respond(client: openai.OpenAI, input, **kwargs):
+    return client.responses.create(model=MODEL, input=input, **kwargs)
+
+
+def call_output(call, output: str) -> dict:
+    return {"type": "function_call_output", "call_id": call.call_id, "output": output}
+
+
+def test_responses_plain_reply_with_usage(llm, connect, key):
+    response = respond(connect(llm, key), "plain responses please", instructions="Be brief.")
+    assert response.output_text == "a plain answer"
+    assert response.status == "completed" and response.model == MODEL
+    (message,) = response.output
+    assert (message.type, message.role, message.content[0].type) == ("message", "assistant", "output_text")
+    usage = response.usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    (entry,) = Ledger(llm.ledger_dir).entries(caller=key)
+    assert (entry.endpoint, entry.rule, entry.turn, entry.prompt, entry.reply) == (
+        "responses", "responses-plain", 0, "plain responses please", "a plain answer")
+    assert entry.request["instructions"] == "Be brief."
+
+
+def test_responses_rules_and_chat_rules_are_apart(llm, connect, key):
+    client = connect(llm, key)
+    # a chat rule does not answer the Responses API (and the other way round) ...
+    assert respond(client, "and the winner is").output_text == "OK."
+    assert text_of(ask(client, "plain responses please")) == "OK."
+    # ... unless it says endpoint = "any"
+    assert respond(client, "either-endpoint").output_text == "from any endpoint"
+    assert text_of(ask(client, "either-endpoint")) == "from any endpoint"
+    assert [(e.endpoint, e.rule) for e in Ledger(llm.ledger_dir).entries(caller=key)] == [
+        ("responses", "fallback"), ("chat.completions", "fallback"),
+        ("responses", "either-endpoint"), ("chat.completions", "either-endpoint")]
+
+
+def test_a_scripted_conversation_goes_turn_by_turn(llm, connect, key):
+    client = connect(llm, key)
+    conversation: list = [{"role": "user", "content": "[script] where are Oslo and Bergen?"}]
+    first = respond(client, conversation)
+    (call,) = first.output
+    assert (call.type, call.name, json.loads(call.arguments)) == ("function_call", "lookup", {"city": "Oslo"})
+    assert call.call_id and first.output_text == ""
+
+    conversation += [call.model_dump(exclude_none=True), call_output(call, "Oslo: Norway")]
+    second = respond(client, conversation)
+    assert [(c.name, json.loads(c.arguments)) for c in second.output] == [
+        ("lookup", {"city": "Bergen"}), ("notify", {"text": "two cities"})]  # two calls in one turn
+    assert len({c.call_id for c in second.output}) == 2
+
+    # one result of two: the turn is not answered yet, so the same turn comes again
+    partial = conversation + [second.output[0].model_dump(exclude_none=True), call_output(second.output[0], "Norway")]
+    assert [c.name for c in respond(client, partial).output] == ["lookup", "notify"]
+
+    for c in second.output:
+        conversation += [c.model_dump(exclude_none=True), call_output(c, "done")]
+    third = respond(client, conversation)
+    assert third.output_text == "Oslo and Bergen are both in Norway."
+    # the same request again is the same turn: a retried turn gets the same answer
+    assert respond(client, conversation).output_text == "Oslo and Bergen are both in Norway."
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.rule, e.turn) for e in entries] == [("agent-script", t) for t in (0, 1, 1, 2, 2)]
+    assert json.loads(entries[0].reply) == [{"call": "lookup", "arguments": '{"city": "Oslo"}'}]
+    assert all(e.prompt == "[script] where are Oslo and Bergen?" for e in entries)
+
+
+def test_responses_fail_first_then_the_script(llm, connect, key):
+    client = connect(llm, key)
+    with pytest.raises(openai.RateLimitError) as caught:
+        respond(client, "responses-rate-limit")
+    assert caught.value.status_code == 429 and "fail_first 1/1" in caught.value.message
+    (call,) = respond(client, "responses-rate-limit").output
+    assert call.name == "lookup"
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.status, e.fault, e.turn) for e in entries] == [(429, "fail_first 1/1", None), (200, None, 0)]
+
+
+def test_responses_malformed_arguments_are_not_json(llm, connect, key):
+    (call,) = respond(connect(llm, key), "broken arguments").output
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(call.arguments)
+    (entry,) = Ledger(llm.ledger_dir).entries(caller=key)
+    assert entry.fault == "malformed"
+
+
+def test_responses_stream_true_gets_a_clear_400(llm, connect, key):
+    with pytest.raises(openai.BadRequestError) as caught:
+        respond(connect(llm, key), "plain responses please", stream=True)
+    assert caught.value.status_code == 400 and "does not stream" in caught.value.message
+
+
+def test_chat_completions_scripted_tool_calls(llm, connect, key):
+    client = connect(llm, key)
+    messages: list = [{"role": "user", "content": "[chat-script] capital?"}]
+    first = client.chat.completions.create(model=MODEL, messages=messages)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("lookup", {"city": "Oslo"})
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Oslo is the capital"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages)
+    assert json.loads(text_of(second)) == {"answer": "Oslo"}
+    assert [e.turn for e in Ledger(llm.ledger_dir).entries(caller=key)] == [0, 1]
+
+
+@pytest.mark.parametrize("rule, complaint", [
+    ({"turns": [{"tool": "x"}]}, "must be the final reply"),
+    ({"turns": [{"reply": "a", "tool": "x"}]}, "exactly one of"),
+    ({"turns": [{"reply": "a"}], "reply": "b"}, "in its last turn"),
+    ({"turns": [{"reply": "a", "arguments": {"k": 1}}]}, "belongs to `tool`"),
+    ({"turns": [{"tool": "x", "argumnets": {}}, {"reply": "a"}]}, "argumnets"),
+    ({"endpoint": "embeddings"}, "endpoint"),
+])
+def test_a_bad_script_fails_loudly(rule, complaint):
+    from pydantic import ValidationError
+
+    from labkit.llm import Rule
+
+    with pytest.raises(ValidationError, match=complaint):
+        Rule(name="bad", **rule)
+
+
+def test_an_old_ledger_gets_the_turn_column(tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / Ledger.FILENAME) as db:
+        db.executescript("""CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+            caller TEXT NOT NULL, endpoint TEXT NOT NULL, model TEXT NOT NULL, prompt TEXT NOT NULL,
+            request TEXT NOT NULL, rule TEXT NOT NULL, status INTEGER NOT NULL, fault TEXT, reply TEXT);
+            INSERT INTO requests VALUES (1, 0, 'lab-x', 'chat.completions', 'm', 'p', '{}', 'r', 200, NULL, 'ok');""")
+    ledger = Ledger(tmp_path)
+    ledger.record(caller="lab-x", endpoint="responses", model="m", prompt="p", request={}, rule="r", status=200,
+                  fault=None, reply="ok", turn=3)
+    assert [(e.id, e.turn) for e in ledger.entries(caller="lab-x")] == [(1, None), (2, 3)]
+
+
+AGENT_SCRIPT = textwrap.dedent("""
+    import asyncio, json, os
+    from agents import Agent, Runner, function_tool
+
+    calls = []
+
+    @function_tool
+    def lookup(city: str) -> str:
+        \"\"\"Look a city up.\"\"\"
+        calls.append(("lookup", city))
+        return f"{city}: Norway"
+
+    @function_tool
+    def notify(text: str) -> str:
+        \"\"\"Tell the team.\"\"\"
+        calls.append(("notify", text))
+        return "sent"
+
+    agent = Agent(name="geo", instructions="Answer with tools.", model="gpt-4o-mini", tools=[lookup, notify])
+    result = asyncio.run(Runner.run(agent, "[script] where are Oslo and Bergen?"))
+    print(json.dumps({"final": result.final_output, "calls": calls,
+                      "requests": len(result.raw_responses),
+                      "usage": [r.usage.total_tokens for r in result.raw_responses]}))
+""")
+
+
+def test_the_real_agents_sdk_runs_a_scripted_conversation(llm, key):
+    """The Agents SDK (Responses API by default) against the course LLM, tracing off, no network."""
+    env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": key,
+           "OPENAI_AGENTS_DISABLE_TRACING": "1"}
+    done = subprocess.run([sys.executable, "-c", AGENT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["final"] == "Oslo and Bergen are both in Norway."
+    assert sorted(map(tuple, result["calls"])) == [("lookup", "Bergen"), ("lookup", "Oslo"), ("notify", "two cities")]
+    assert result["requests"] == 3 and all(tokens > 0 for tokens in result["usage"])
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [(e.endpoint, e.rule, e.turn, e.status) for e in entries] == [
+        ("responses", "agent-script", t, 200) for t in (0, 1, 2)]
+    last = entries[-1].request["input"]
+    outputs = [item["output"] for item in last if item.get("type") == "function_call_output"]
+    assert sorted(outputs) == ["Bergen: Norway", "Oslo: Norway", "sent"]

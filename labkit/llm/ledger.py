@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS requests (
     rule      TEXT    NOT NULL,
     status    INTEGER NOT NULL,
     fault     TEXT,
-    reply     TEXT
+    reply     TEXT,
+    turn      INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_by_caller ON requests (caller, rule);
 """
@@ -56,6 +57,7 @@ class LedgerEntry:
     status: int
     fault: str | None
     reply: str | None
+    turn: int | None = None  # which turn of the rule's script answered (0 for a one-turn rule)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +75,9 @@ class Ledger:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            if "turn" not in columns:  # a ledger written before scripted turns existed
+                db.execute("ALTER TABLE requests ADD COLUMN turn INTEGER")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -81,12 +86,13 @@ class Ledger:
 
     def record(self, *, caller: str, endpoint: str, model: str, prompt: str,
                request: dict[str, Any], rule: str, status: int,
-               fault: str | None, reply: str | None) -> int:
+               fault: str | None, reply: str | None, turn: int | None = None) -> int:
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO requests (at, caller, endpoint, model, prompt, request, rule, status, fault, reply)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), caller, endpoint, model, prompt, json.dumps(request), rule, status, fault, reply),
+                "INSERT INTO requests (at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), caller, endpoint, model, prompt, json.dumps(request), rule, status, fault, reply,
+                 turn),
             )
             return int(cursor.lastrowid)
 
@@ -98,7 +104,8 @@ class Ledger:
         return int(n)
 
     def entries(self, caller: str | None = None, since_id: int = 0) -> list[LedgerEntry]:
-        query = "SELECT * FROM requests WHERE id > ?"
+        query = ("SELECT id, at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn"
+                 " FROM requests WHERE id > ?")
         params: list[Any] = [since_id]
         if caller is not None:
             query += " AND caller = ?"
@@ -107,6 +114,6 @@ class Ledger:
             rows = db.execute(query + " ORDER BY id", params).fetchall()
         return [
             LedgerEntry(id=r[0], at=r[1], caller=r[2], endpoint=r[3], model=r[4], prompt=r[5],
-                        request=json.loads(r[6]), rule=r[7], status=r[8], fault=r[9], reply=r[10])
+                        request=json.loads(r[6]), rule=r[7], status=r[8], fault=r[9], reply=r[10], turn=r[11])
             for r in rows
         ]

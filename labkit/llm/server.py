@@ -7,6 +7,7 @@ client receives is exactly what it expects from api.openai.com.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import asdict
@@ -17,10 +18,16 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
-from pydantic import ValidationError
+from openai.types.responses import (Response, ResponseFunctionToolCall, ResponseOutputMessage,
+                                     ResponseOutputText, ResponseUsage, Tool)
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import TypeAdapter, ValidationError
 
 from .ledger import Ledger, caller_of
 from .rules import Rule, RuleBook
+
+
+TOOL = TypeAdapter(Tool)
 
 
 def count_tokens(text: str) -> int:
@@ -29,13 +36,25 @@ def count_tokens(text: str) -> int:
 
 
 def last_user_message(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (Chat Completions messages or Responses input items)."""
     for message in reversed(messages):
-        if message.get("role") == "user":
+        if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
-            if isinstance(content, list):  # content parts
+            if isinstance(content, list):  # content parts: "text" (chat) or "input_text" (responses)
                 return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
             return str(content or "")
     return ""
+
+
+def echo_tools(tools: Any) -> list[Any]:
+    """The request's tools, as the real API echoes them in the response (only those the types know)."""
+    echoed = []
+    for tool in tools or []:
+        try:
+            echoed.append(TOOL.validate_python(tool))
+        except ValidationError:
+            continue
+    return echoed
 
 
 def openai_error(status: int, message: str, kind: str) -> JSONResponse:
@@ -73,44 +92,112 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         return {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0,
                                             "owned_by": "durable-agents-lab"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, authorization: str | None = Header(None)):
-        body = await request.json()
+    def answer(endpoint: str, body: dict[str, Any], authorization: str | None, prompt: str,
+               tool_results: int):
+        """Pick the rule, inject its fault or record its turn: (rule, turn index, turn) or an error response."""
         caller = caller_of((authorization or "").removeprefix("Bearer ").strip() or None)
         model = str(body.get("model", ""))
-        messages = body.get("messages") or []
-        prompt = last_user_message(messages)
-        if body.get("stream"):
-            return openai_error(400, "the course LLM does not stream; call without stream=True",
-                                "invalid_request_error")
-        rule = rules.pick("chat.completions", model, prompt)
+        rule = rules.pick(endpoint, model, prompt)
         # Counting and recording happen with no await in between: the check
         # "is this one of the first N?" and the write are one atomic step.
         seen = ledger.count(caller=caller, rule=rule.name)
         if seen < rule.fail_first:
             fault = f"fail_first {seen + 1}/{rule.fail_first}"
-            ledger.record(caller=caller, endpoint="chat.completions", model=model, prompt=prompt,
+            ledger.record(caller=caller, endpoint=endpoint, model=model, prompt=prompt,
                           request=body, rule=rule.name, status=rule.fail_status, fault=fault, reply=None)
-            await asyncio.sleep(rule.latency_ms / 1000)
             kind = "rate_limit_exceeded" if rule.fail_status == 429 else "server_error"
-            return openai_error(rule.fail_status, f"injected fault ({fault}) by rule {rule.name!r}", kind)
-        text = rule.reply_text()
-        ledger.record(caller=caller, endpoint="chat.completions", model=model, prompt=prompt,
-                      request=body, rule=rule.name, status=200,
-                      fault="malformed" if rule.malformed else None, reply=text)
+            return rule, None, None, openai_error(rule.fail_status, f"injected fault ({fault}) by rule {rule.name!r}",
+                                                  kind)
+        index, turn = rule.turn(tool_results)
+        calls = turn.tool_calls()
+        if calls:
+            reply = json.dumps([{"call": c.tool, "arguments": rule.arguments_text(c)} for c in calls])
+        else:
+            reply = rule.turn_text(turn)
+        ledger.record(caller=caller, endpoint=endpoint, model=model, prompt=prompt, request=body,
+                      rule=rule.name, status=200, fault="malformed" if rule.malformed else None,
+                      reply=reply, turn=index)
+        return rule, index, turn, None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request, authorization: str | None = Header(None)):
+        body = await request.json()
+        messages = body.get("messages") or []
+        if body.get("stream"):
+            return openai_error(400, "the course LLM does not stream; call without stream=True",
+                                "invalid_request_error")
+        tool_results = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "tool")
+        rule, _, turn, error = answer("chat.completions", body, authorization, last_user_message(messages),
+                                      tool_results)
         await asyncio.sleep(rule.latency_ms / 1000)
+        if error is not None:
+            return error
+        calls = turn.tool_calls()
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                 "function": {"name": c.tool, "arguments": rule.arguments_text(c)}} for c in calls]}
+            text = "".join(c["function"]["arguments"] for c in message["tool_calls"])
+        else:
+            text = rule.turn_text(turn)
+            message = {"role": "assistant", "content": text}
         prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
         completion_tokens = count_tokens(text)
         completion = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             object="chat.completion",
             created=int(time.time()),
-            model=model or "gpt-4o-mini",
-            choices=[{"index": 0, "finish_reason": "stop", "logprobs": None,
-                      "message": {"role": "assistant", "content": text}}],
+            model=body.get("model") or "gpt-4o-mini",
+            choices=[{"index": 0, "finish_reason": "tool_calls" if calls else "stop", "logprobs": None,
+                      "message": message}],
             usage=CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                   total_tokens=prompt_tokens + completion_tokens),
         )
         return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
+
+    @app.post("/v1/responses")
+    async def responses(request: Request, authorization: str | None = Header(None)):
+        body = await request.json()
+        if body.get("stream"):
+            return openai_error(400, "the course LLM does not stream; call without stream=True",
+                                "invalid_request_error")
+        items = body.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else list(items or [])
+        tool_results = sum(1 for item in items if isinstance(item, dict) and item.get("type") == "function_call_output")
+        rule, _, turn, error = answer("responses", body, authorization, last_user_message(items), tool_results)
+        await asyncio.sleep(rule.latency_ms / 1000)
+        if error is not None:
+            return error
+        calls = turn.tool_calls()
+        if calls:
+            output = [ResponseFunctionToolCall(type="function_call", id=f"fc_{uuid.uuid4().hex[:24]}",
+                                               call_id=f"call_{uuid.uuid4().hex[:24]}", name=c.tool,
+                                               arguments=rule.arguments_text(c), status="completed")
+                      for c in calls]
+            text = "".join(item.arguments for item in output)
+        else:
+            text = rule.turn_text(turn)
+            output = [ResponseOutputMessage(
+                type="message", id=f"msg_{uuid.uuid4().hex[:24]}", role="assistant", status="completed",
+                content=[ResponseOutputText(type="output_text", text=text, annotations=[])])]
+        input_tokens = count_tokens(str(body.get("instructions") or "") + json.dumps(items))
+        output_tokens = count_tokens(text)
+        response = Response(
+            id=f"resp_{uuid.uuid4().hex[:24]}",
+            object="response",
+            created_at=time.time(),
+            model=body.get("model") or "gpt-4o-mini",
+            status="completed",
+            instructions=body.get("instructions"),
+            output=output,
+            parallel_tool_calls=bool(body.get("parallel_tool_calls", True)),
+            tool_choice=body.get("tool_choice") or "auto",
+            tools=echo_tools(body.get("tools")),
+            usage=ResponseUsage(
+                input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens,
+                input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=0)),
+        )
+        return JSONResponse(response.model_dump(mode="json", exclude_none=True))
 
     return app
