@@ -238,10 +238,7 @@ def run(console: Console, *, ui: bool = True, keep: bool = False) -> int:
             console.print(f"[red]the scenario did not go as planned:[/red]\n{failure.render()}")
             return 1
         finally:
-            for worker in harness.workers:
-                worker.stop()
-            if harness.replay:
-                harness.replay.close()
+            harness.close()
 
         report(console, scenario, harness, run_timeline(scenario, harness))
         console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/dim]")

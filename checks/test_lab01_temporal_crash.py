@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 
-from labkit import proc, temporal
-from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+from labkit import temporal
+from labkit.feedback import CheckFailed, NotChecked, tail, unfinished
+from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
 
 LAB = "01"
@@ -37,6 +37,7 @@ FINISH_AFTER_RESTART_S = BACKOFF_S + 15.0
 EXPECTED_RETRY = {"maximum_attempts": 3, "initial_interval_s": 2.0, "backoff_coefficient": 2.0}
 SEEDED_ROW_ID = 4242
 
+EXPECTED_WORKFLOW = "AnalyzeWorkflow.run schedules call_llm, parse_json and save_to_db in turn"
 REVISIT_ACTIVITIES = ("§64.2.1 workflows and activities: every call with a side effect (the LLM, "
                       "the database) is its own activity, so Temporal records its result and a retry "
                       "of a later step does not repeat it.")
@@ -80,53 +81,18 @@ class Scenario:
 
 # --- the scenario --------------------------------------------------------------------------------
 
-class Harness:
+class Harness(WorkerHarness):
+    """The generic worker harness (labkit.harness) plus Lab 01's parts: the SQLite file and its seeded
+    row, the wait for parse_json's retry backoff, and the verdicts on a workflow that ended early."""
+
+    registers = "the workflow and the three activities"
+
     def __init__(self, target, services, workdir: Path, key: str):
-        self.target, self.services, self.workdir = target, services, workdir
-        self.task_queue = f"lab01-{key}"
-        self.db_path = workdir / "lab01.sqlite"
-        self.env = target.python_env(
-            TEMPORAL_ADDRESS=services.temporal_address,
-            TEMPORAL_TASK_QUEUE=self.task_queue,
-            OPENAI_BASE_URL=services.llm_base_url,
-            OPENAI_API_KEY=f"lab-{key}",
-            LAB01_DATABASE_URL=f"sqlite:///{self.db_path}",
-        )
-        self.api_key = f"lab-{key}"
-        self.workers: list[proc.ManagedProcess] = []
+        self.db_path = Path(workdir) / "lab01.sqlite"
+        # The worker starts while the course LLM finishes starting; run_scenario waits for it.
+        super().__init__(target, services, workdir, lab=LAB, key=key, wait_for_llm=False,
+                         LAB01_DATABASE_URL=f"sqlite:///{self.db_path}")
         self.replay: temporal.Replay | None = None
-
-    def start_worker(self) -> proc.ManagedProcess:
-        n = len(self.workers) + 1
-        worker = proc.start([sys.executable, "-m", self.target.module("worker")], name=f"worker{n}",
-                            log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
-        self.workers.append(worker)
-        return worker
-
-    async def wait_polling(self, client: Client, worker: proc.ManagedProcess, known: set[str]) -> set[str]:
-        deadline = time.monotonic() + WORKER_START_S
-        while time.monotonic() < deadline:
-            if not worker.alive:
-                log = worker.output()
-                error = student_error(log) or f"exit status {worker.returncode}"
-                raise CheckFailed(
-                    f"Your worker exited before it started polling: {error}",
-                    observed=f"`python -m {self.target.name}.worker` stopped with exit status {worker.returncode}",
-                    expected="a worker that keeps polling task queue until it is stopped",
-                    revisit="Fix the error above (run the worker yourself from labs/ to see it whole). A "
-                            "missing name usually means a function the worker imports is not defined yet.",
-                    details=tail(log))
-            fresh = await temporal.pollers(client, self.task_queue) - known
-            if fresh:
-                return fresh
-            await asyncio.sleep(0.05)
-        raise CheckFailed(
-            f"Your worker did not start polling within {WORKER_START_S:.0f} s",
-            observed=f"no worker polled task queue {self.task_queue!r}; the process is still running",
-            expected="`async with Worker(...)` (or `await worker.run()`) polling the task queue from TEMPORAL_TASK_QUEUE",
-            revisit="worker.py: connect the client, build the Worker with the workflow and the three "
-                    "activities, and run it. Something before that may be blocking (an input(), a loop).",
-            details=tail(worker.output()))
 
     def seed_committed_row(self, workflow_id: str) -> None:
         """The row an earlier save_to_db attempt committed before its worker died."""
@@ -158,7 +124,7 @@ class Harness:
                         revisit="Read the error: the activity raised it. The course LLM is at OPENAI_BASE_URL; "
                                 "create the openai client with max_retries=0 and let Temporal retry.",
                         details=tail(self.workers[-1].output()))
-            failure = await self.workflow_task_failure(run)
+            failure = await self.workflow_task_failure(run.handle, EXPECTED_WORKFLOW)
             if failure:
                 raise failure
             await asyncio.sleep(0.05)
@@ -180,30 +146,13 @@ class Harness:
             while not result.done():
                 if time.monotonic() > deadline:
                     raise asyncio.TimeoutError
-                failure = await self.workflow_task_failure(run)
+                failure = await self.workflow_task_failure(run.handle, EXPECTED_WORKFLOW)
                 if failure:
                     raise failure
                 await asyncio.wait({result}, timeout=0.25)
             return result.result()
         finally:
             result.cancel()
-
-    async def workflow_task_failure(self, run: Run) -> CheckFailed | None:
-        from temporalio.api.enums.v1 import EventType
-
-        history = await run.handle.fetch_history()
-        for event in history.events:
-            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                message = event.workflow_task_failed_event_attributes.failure.message
-                return unfinished(message, LAB) or CheckFailed(
-                    f"Your workflow code failed inside the worker: {message.splitlines()[0][:200]}",
-                    observed="the workflow task failed, so the workflow cannot make progress",
-                    expected="AnalyzeWorkflow.run schedules call_llm, parse_json and save_to_db in turn",
-                    revisit="Workflow code runs in Temporal's sandbox and is replayed: import activities and "
-                            "models under `with workflow.unsafe.imports_passed_through():`, and do no I/O, "
-                            "clock reads or randomness in the workflow (facts: §64.2.1 API names).",
-                    details=tail(message, 12))
-        return None
 
     async def closed_early(self, run: Run, status: str) -> CheckFailed:
         if status == "COMPLETED":
@@ -243,7 +192,7 @@ def start_input(marker: str) -> dict:
 async def run_scenario(harness: Harness, scenario: Scenario) -> None:
     client = await Client.connect(harness.services.temporal_address)
     worker1 = harness.start_worker()
-    scenario.old_identities = await harness.wait_polling(client, worker1, set())
+    scenario.old_identities = await harness.wait_polling(client, worker1, timeout=WORKER_START_S)
 
     harness.services.llm  # the course LLM answers before any workflow needs it
     harness.seed_committed_row(scenario.b.workflow_id)
@@ -265,7 +214,8 @@ async def run_scenario(harness: Harness, scenario: Scenario) -> None:
     worker2 = harness.start_worker()
     replay = harness.replay = temporal.Replay(root=harness.target.root, module=harness.target.module("workflows"),
                                               workflow_id=scenario.a.workflow_id)
-    scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities)
+    scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities,
+                                                         timeout=WORKER_START_S)
     for run in (scenario.a, scenario.b):
         try:
             run.result = await harness.result_after_restart(run, FINISH_AFTER_RESTART_S)
@@ -315,10 +265,7 @@ def scenario(lab_target, services, tmp_path_factory) -> Scenario:
     except CheckFailed as failure:
         found.failure = failure
     finally:
-        for worker in harness.workers:
-            worker.stop()
-        if harness.replay:
-            harness.replay.close()
+        harness.close()
     return found
 
 

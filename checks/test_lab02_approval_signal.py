@@ -442,9 +442,7 @@ def scenario(lab_target, services, tmp_path_factory) -> Scenario:
     except CheckFailed as failure:
         found.failure = failure
     finally:
-        harness.stop_all()
-        if harness.replay:
-            harness.replay.close()
+        harness.close()
     return found
 
 

@@ -29,20 +29,29 @@ BENIGN_TASK_FAILURES = {
 
 
 class WorkerHarness:
-    """The student's worker processes for one check scenario, on their own task queue and LLM key."""
+    """The student's worker processes for one check scenario, on their own task queue and LLM key.
 
-    def __init__(self, target, services, workdir: Path, *, lab: str, key: str, **env: str):
+    `wait_for_llm=False` hands the workers the course LLM's address before it answers, so they start
+    while it finishes starting; the scenario then reads `services.llm` before any workflow needs it.
+    A scenario that starts a replay process keeps it in `replay`; `close()` stops it and the workers."""
+
+    # what worker.py registers, in the teaching message for a worker that never polls
+    registers = "the workflow and the activities"
+
+    def __init__(self, target, services, workdir: Path, *, lab: str, key: str, wait_for_llm: bool = True,
+                 **env: str):
         self.target, self.services, self.workdir, self.lab = target, services, Path(workdir), lab
         self.task_queue = f"lab{lab}-{key}"
         self.api_key = f"lab-{key}"
         self.env = target.python_env(
             TEMPORAL_ADDRESS=services.temporal_address,
             TEMPORAL_TASK_QUEUE=self.task_queue,
-            OPENAI_BASE_URL=services.llm.base_url,
+            OPENAI_BASE_URL=services.llm.base_url if wait_for_llm else services.llm_base_url,
             OPENAI_API_KEY=self.api_key,
             **env,
         )
         self.workers: list[proc.ManagedProcess] = []
+        self.replay = None  # a labkit.temporal.Replay or labkit.replays.ReplaySet, when the scenario starts one
 
     def start_worker(self) -> proc.ManagedProcess:
         n = len(self.workers) + 1
@@ -76,8 +85,8 @@ class WorkerHarness:
             observed=f"no worker polled task queue {self.task_queue!r}; the process is still running",
             expected="`async with Worker(...)` (or `await worker.run()`) polling the task queue from "
                      "TEMPORAL_TASK_QUEUE",
-            revisit="worker.py: connect the client, build the Worker with the workflow and the activities, "
-                    "and run it. Something before that may be blocking (an input(), a loop).",
+            revisit=f"worker.py: connect the client, build the Worker with {self.registers}, and run it. "
+                    "Something before that may be blocking (an input(), a loop).",
             details=tail(worker.output()))
 
     async def workflow_task_failure(self, handle: WorkflowHandle, expected: str,
@@ -107,3 +116,9 @@ class WorkerHarness:
     def stop_all(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+    def close(self) -> None:
+        """Stop every worker and the replay process, if any: the scenario fixture's teardown."""
+        self.stop_all()
+        if self.replay is not None:
+            self.replay.close()
