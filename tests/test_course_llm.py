@@ -22,6 +22,7 @@ import openai
 import psutil
 import pytest
 
+from procs import running, wait_until
 from labkit import proc
 from labkit.llm import Ledger
 from labkit.llm.ledger import caller_of
@@ -142,24 +143,6 @@ reply = "from any endpoint"
 """
 
 MODEL = "gpt-4o-mini"
-
-
-def running(pid: int) -> bool:
-    """A process that exists and has not exited (a zombie waiting for its reaper has exited)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(condition, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,9 @@ import psutil
 import psycopg
 import pytest
 
+from procs import running
 from labkit import postgres
 from labkit.services import HOST, free_port, port_open
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture

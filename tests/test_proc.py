@@ -19,28 +19,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from procs import running, wait_until
 from labkit import proc
 from labkit.services import HOST, port_open
 
 LINUX = sys.platform.startswith("linux")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(condition, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return condition()
 
 
 def script(tmp_path: Path, name: str, body: str) -> list[str]:

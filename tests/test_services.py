@@ -20,15 +20,9 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from procs import running
 from labkit import proc, services
 from labkit.services import HOST, ServiceError, TemporalServer, port_open
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def listening_ports(server: TemporalServer) -> list[tuple[str, int]]:
