@@ -9,25 +9,34 @@ killed whole when the limit passes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable
 
+import psutil
+
 from . import course as course_mod
 from .course import REPO, Course, Lab
+from .grade_plugin import ENABLE_ENV, PREFIX, verified_report
 
 DEFAULT_TIME_LIMIT_S = 240.0
+MARKER_ENV = "LAB_GRADE_RUN"  # inherited by every process a grading run starts: finds its leftovers
+_RUNNING: set[str] = set()  # markers of the runs going on now
 
 
 @dataclass
@@ -44,7 +53,7 @@ class CheckResult:
     def reason(self) -> str:
         """The failure in one line, for the CSV."""
         if self.blocked:
-            return "not checked (the run it inspects failed)"
+            return "not checked (the run it inspects did not finish; see the check before)"
         return (self.message.strip().splitlines() or [""])[0][:200]
 
 
@@ -56,6 +65,7 @@ class LabResult:
     checks: list[CheckResult] = field(default_factory=list)
     error: str = ""  # the lab could not be graded at all (missing folder, time limit)
     duration: float = 0.0
+    started_at: float = field(default_factory=time.time)  # wall clock, for the JUnit timestamp
 
     @property
     def score(self) -> int:
@@ -67,10 +77,19 @@ class LabResult:
 
 
 def find_lab_folder(submission: Path, lab: Lab) -> Path | None:
-    """A submission is a clone of the course (labs/<slug>) or a folder holding the lab folders."""
+    """Where a submission keeps the lab: labs/<slug> (a clone of the course), <slug> (a folder holding
+    the lab folders), either one level down (a zip of the clone's folder), or the submission itself
+    when it holds every file of the starter (a zip of the lab folder's contents)."""
     for candidate in (submission / "labs" / lab.slug, submission / lab.slug):
         if candidate.is_dir():
             return candidate
+    nested = sorted(p for p in (*submission.glob(f"*/labs/{lab.slug}"), *submission.glob(f"*/{lab.slug}"))
+                    if p.is_dir() and not p.relative_to(submission).parts[0].startswith("."))
+    if len(nested) == 1:
+        return nested[0]
+    starter_files = {p.name for p in lab.starter_dir.glob("*.py")} if lab.starter_dir.is_dir() else set()
+    if starter_files and all((submission / name).is_file() for name in starter_files):
+        return submission
     return None
 
 
@@ -80,73 +99,150 @@ def submissions_in(folder: Path) -> list[Path]:
 
 def grader_env() -> dict[str, str]:
     """The grader's environment, minus anything that would make Python load a submission's code."""
-    drop = {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "LAB_PATH"}
+    drop = {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSAFEPATH", "LAB_PATH",
+            "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "TEMPORAL_ADDRESS", "DATABASE_URL", "OPENAI_BASE_URL",
+            "OPENAI_API_KEY", "LAB_STATE_DIR"}
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float) -> LabResult:
+def processes_of(marker: str) -> list[psutil.Process]:
+    """Every running process a grading run started: each inherits the run's marker variable."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(MARKER_ENV) == marker:
+                found.append(process)
+    return found
+
+
+def sweep(marker: str) -> int:
+    """Kill whatever a run left behind (a worker's own child, a server), and wait until it is gone."""
+    left = processes_of(marker)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(left, timeout=5)
+    return len(left)
+
+
+def not_graded(lab: Lab, reason: str, passed: dict[str, dict] | None = None) -> list[CheckResult]:
+    """Checks without a verdict: the first one carries the reason, the rest were not checked."""
+    results, reason_given = [], False
+    for check in lab.checks:
+        record = (passed or {}).get(check.name)
+        if record is not None:
+            ok = record["outcome"] == "passed"
+            results.append(CheckResult(check.name, check.points if ok else 0, check.points, ok,
+                                       record.get("message", ""), float(record.get("duration", 0.0)),
+                                       blocked=bool(record.get("blocked"))))
+        elif not reason_given:
+            results.append(CheckResult(check.name, 0, check.points, False, reason))
+            reason_given = True
+        else:
+            results.append(CheckResult(check.name, 0, check.points, False, reason, blocked=True))
+    return results
+
+
+def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_path: Path | None = None) -> LabResult:
+    """Grade one lab of one submission: a pytest process of the course's own check, its own group,
+    servers and temp dirs, a signed report on its stdout, a time limit, and a sweep afterwards."""
     started = time.monotonic()
     result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab))
-    all_checks = [(c.name, c.points) for c in lab.checks]
     if result.folder is None:
         result.error = f"no folder labs/{lab.slug} in the submission"
-        result.checks = [CheckResult(n, 0, p, False, result.error) for n, p in all_checks]
+        result.checks = not_graded(lab, result.error)
         return result
     workdir.mkdir(parents=True, exist_ok=True)
-    report, junit = workdir / "report.json", workdir / "junit.xml"
+    key = secrets.token_hex(32).encode()
+    marker = uuid.uuid4().hex
+    env = grader_env()
+    env.update({MARKER_ENV: marker, ENABLE_ENV: "1"})
+    _RUNNING.add(marker)
     argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
-            "--rootdir", str(REPO), "--lab-path", str(result.folder.resolve()), "--lab-report", str(report),
-            "--junitxml", str(junit), "--basetemp", str(workdir / "tmp"), "--no-header", "--tb=no"]
-    with open(workdir / "pytest.log", "wb") as log:
-        child = subprocess.Popen(argv, cwd=REPO, env=grader_env(), stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        try:
-            child.wait(time_limit)
-        except subprocess.TimeoutExpired:
+            "-p", "labkit.grade_plugin", "--rootdir", str(REPO), "--lab-path", str(result.folder.resolve()),
+            "--basetemp", str(workdir / "tmp"), "--no-header", "--tb=no", "-rN"]
+    child = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    timed_out = False
+    try:
+        output, _ = child.communicate(key, timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)  # its servers and workers die with it (PDEATHSIG)
-            child.wait()
-            result.error = f"time limit: grading took longer than {time_limit:.0f} s and was stopped"
-    records = json.loads(report.read_text()) if report.exists() else []
-    points = dict(all_checks)
-    seen = {r["check"]: r for r in records}
-    for name, max_points in all_checks:
-        record = seen.get(name)
-        if record is None:
-            why = result.error or "the check did not run: " + _tail(workdir / "pytest.log")
-            result.checks.append(CheckResult(name, 0, max_points, False, why))
-            continue
-        passed = record["outcome"] == "passed"
-        result.checks.append(CheckResult(name, max_points if passed else 0, points[name], passed,
-                                         record.get("message", ""), record.get("duration", 0.0),
-                                         blocked=bool(record.get("blocked"))))
+        try:
+            output, _ = child.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # something escaped holds the pipe open: give up on it
+            child.kill()
+            output = b""
+    finally:
+        sweep(marker)
+        _RUNNING.discard(marker)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_bytes(output or b"")
+    report = verified_report(output or b"", key)
+    records = {r["check"]: r for r in (report or {}).get("records", [])}
+    if timed_out:
+        result.error = f"time limit: grading took longer than {time_limit:.0f} s and was stopped"
+    elif report is None:
+        result.error = "the checks did not finish: " + _tail(output)
+    elif any(c.name not in records for c in lab.checks):
+        result.error = "the check did not run: " + _tail(output)
+    result.checks = not_graded(lab, result.error, records)
     result.duration = time.monotonic() - started
     return result
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+def _tail(output: bytes | None, lines: int = 3) -> str:
+    text = (output or b"").decode(errors="replace")
+    kept = [line for line in text.strip().splitlines() if not line.startswith(PREFIX)]
+    return " | ".join(kept[-lines:])[:300] or "no output"
 
 
 def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
           time_limit: float = DEFAULT_TIME_LIMIT_S,
           progress: Callable[[LabResult], None] | None = None) -> list[LabResult]:
+    """Grade every (submission, lab) pair, `jobs` at a time; write the reports into `out`.
+
+    Each pair's pytest output is kept in out/logs/ for the instructor."""
     out.mkdir(parents=True, exist_ok=True)
     pairs = [(s, lab) for s in submissions for lab in labs]
     results: list[LabResult] = []
-    with tempfile.TemporaryDirectory(prefix="lab-grade-") as tmp, ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [pool.submit(grade_one, s, lab, Path(tmp) / f"{i:04d}-{_safe(s.name)}-{lab.id}", time_limit)
-                   for i, (s, lab) in enumerate(pairs)]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            if progress:
-                progress(result)
+    with tempfile.TemporaryDirectory(prefix="lab-grade-") as tmp:
+        pool = ThreadPoolExecutor(max(1, jobs))
+        try:
+            futures = [pool.submit(grade_one, s, lab, Path(tmp) / f"{i:04d}-{_safe(s.name)}-{lab.id}",
+                                   time_limit, out / "logs" / f"{_safe(s.name)}-lab{lab.id}.log")
+                       for i, (s, lab) in enumerate(pairs)]
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                if progress:
+                    progress(result)
+        except BaseException:  # Ctrl-C: stop what runs, start nothing more
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_running_runs()
+            raise
+        finally:
+            pool.shutdown(wait=True)
     results.sort(key=lambda r: (r.submission, r.lab.id))
     write_reports(results, labs, out)
     return results
+
+
+def _stop_running_runs() -> None:
+    """Kill every grading run of this process still going (they are in their own sessions)."""
+    for process in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if MARKER_ENV in process.environ():
+                os.killpg(process.pid, signal.SIGKILL)
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and process.environ().get(MARKER_ENV) in _RUNNING:
+                process.kill()
 
 
 def _safe(name: str) -> str:
@@ -171,10 +267,11 @@ def write_csv(results: list[LabResult], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["submission", "lab", "score", "max", "failed_checks"])
         for r in results:
-            failed = "; ".join(f"{c.name}: {c.reason}" for c in r.checks if not c.passed and not c.blocked)
+            reasons = [f"{c.name}: {c.reason}" for c in r.checks if not c.passed and not c.blocked]
             blocked = sum(c.blocked for c in r.checks)
             if blocked:
-                failed += f"; {blocked} more not checked (the run they inspect failed)"
+                reasons.append(f"{blocked} more not checked (the run they inspect did not finish)")
+            failed = "; ".join(reasons)
             writer.writerow([r.submission, r.lab.id, r.score, r.max_score, failed])
 
 
@@ -183,26 +280,36 @@ def write_junit(submission: str, results: list[LabResult], path: Path) -> None:
     suites = ET.Element("testsuites", name=submission)
     for r in results:
         suite = ET.SubElement(suites, "testsuite", name=f"lab{r.lab.id}_{r.lab.slug}",
-                              tests=str(len(r.checks)), failures=str(sum(not c.passed for c in r.checks)),
+                              timestamp=datetime.fromtimestamp(r.started_at).isoformat(),
+                              tests=str(len(r.checks)),
+                              failures=str(sum(not c.passed and not c.blocked for c in r.checks)),
+                              skipped=str(sum(c.blocked for c in r.checks)), errors="0",
                               time=f"{r.duration:.2f}")
         for c in r.checks:
             case = ET.SubElement(suite, "testcase", classname=f"lab{r.lab.id}", name=c.name,
                                  time=f"{c.duration:.2f}")
-            if not c.passed:
+            if c.blocked:  # no verdict: it inspects a run that did not finish
+                ET.SubElement(case, "skipped", message=c.reason)
+            elif not c.passed:
                 failure = ET.SubElement(case, "failure", message=c.reason)
                 failure.text = c.message
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def gradescope_results(results: list[LabResult]) -> dict:
+    """Gradescope's results.json: the total, and one test per check with its points and message."""
     tests = []
     for r in results:
         for c in r.checks:
+            output = "passed" if c.passed else (c.reason if c.blocked else c.message or c.reason)
             tests.append({"name": f"lab{r.lab.id} {c.name}", "score": c.points, "max_score": c.max_points,
-                          "status": "passed" if c.passed else "failed",
-                          "output": c.message if not c.passed else "passed", "visibility": "visible"})
+                          "status": "passed" if c.passed else "failed", "output": output,
+                          "visibility": "visible"})
+    summary = "\n".join(f"lab{r.lab.id}: {r.score}/{r.max_score}" + (f" ({r.error})" if r.error else "")
+                        for r in results)
     return {"score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results),
-            "execution_time": round(sum(r.duration for r in results), 2), "tests": tests}
+            "execution_time": round(sum(r.duration for r in results), 2), "output": summary,
+            "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}
 
 
 def write_gradescope(results: list[LabResult], path: Path) -> None:
@@ -221,11 +328,17 @@ def class_summary(results: list[LabResult], labs: list[Lab]) -> str:
         mean = sum(r.score for r in own) / len(own)
         lines += [f"## Lab {lab.id}: {lab.title}", "",
                   f"mean score {mean:.1f} / {lab.max_points}", "",
-                  "| check | idea | passed | pass rate |", "|---|---|---|---|"]
+                  "| check | idea | passed | failed | not checked | pass rate |", "|---|---|---|---|---|---|"]
         for check in lab.checks:
-            passed = sum(any(c.name == check.name and c.passed for c in r.checks) for r in own)
-            lines.append(f"| {check.name} | {check.concept} | {passed}/{len(own)} | {passed / len(own):.0%} |")
+            mine = [c for r in own for c in r.checks if c.name == check.name]
+            passed = sum(c.passed for c in mine)
+            blocked = sum(c.blocked for c in mine)
+            lines.append(f"| {check.name} | {check.concept} | {passed}/{len(own)} | {len(mine) - passed - blocked} "
+                         f"| {blocked} | {passed / len(own):.0%} |")
         lines.append("")
+        not_graded = [r for r in own if r.error]
+        if not_graded:
+            lines += ["Not graded in full:", ""] + [f"- {r.submission}: {r.error}" for r in not_graded] + [""]
     return "\n".join(lines)
 
 

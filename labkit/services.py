@@ -11,6 +11,7 @@ TEMPORAL_ADDRESS for Temporal.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -140,6 +141,13 @@ class CourseLLM:
     detached: bool = False
     process: proc.ManagedProcess | None = None
     ready: bool = False
+    # Known only to this object and the server (its environment): student code cannot push rules.
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+    def admin_headers(self) -> dict[str, str]:
+        from .llm.admin import HEADER
+
+        return {HEADER: self.admin_token}
 
     @property
     def base_url(self) -> str:
@@ -150,8 +158,13 @@ class CourseLLM:
         return self.state_dir / "llm"
 
     def ledger(self):
+        """The ledger as the running server knows it (it keeps its rows in memory, so edits of the
+        file by student code change nothing); the file itself once the server has stopped."""
         from .llm import Ledger
 
+        if self.process is not None and self.process.alive:
+            self.wait_ready()
+            return ServerLedger(f"http://{HOST}:{self.port}", self.admin_headers())
         return Ledger(self.ledger_dir)
 
     def start(self, timeout: float = 20) -> CourseLLM:
@@ -162,8 +175,11 @@ class CourseLLM:
                 "--ledger-dir", str(self.ledger_dir)]
         for rules in self.rules_files:
             argv += ["--rules", str(rules)]
+        from .llm.admin import TOKEN_ENV
+
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
-                                                                         os.environ.get("PYTHONPATH")]))}
+                                                                         os.environ.get("PYTHONPATH")])),
+               TOKEN_ENV: self.admin_token}
         self.process = proc.start(argv, name="course-llm", log_path=self.state_dir / "llm.log", env=env,
                                   detached=self.detached)
         return self
@@ -188,10 +204,30 @@ class CourseLLM:
         raise ServiceError(f"the course LLM did not answer on port {self.port} within {timeout:.0f} s")
 
     def push_rules(self, rules: list[dict]) -> None:
-        response = httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5)
+        response = httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5,
+                              headers=self.admin_headers())
         if response.status_code != 200:
             raise ServiceError(f"the course LLM refused the rules ({response.status_code}): {response.text}")
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+@dataclass
+class ServerLedger:
+    """Reads a running course LLM's ledger over HTTP (GET /_ledger): what the server recorded."""
+
+    base: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def entries(self, caller: str | None = None, since_id: int = 0):
+        from .llm.ledger import LedgerEntry
+
+        params: dict = {"since": since_id}
+        if caller is not None:
+            params["caller"] = caller
+        response = httpx.get(f"{self.base}/_ledger", params=params, headers=self.headers, timeout=10)
+        if response.status_code != 200:
+            raise ServiceError(f"the course LLM did not give its ledger ({response.status_code}): {response.text}")
+        return [LedgerEntry(**entry) for entry in response.json()]

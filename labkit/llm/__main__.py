@@ -7,6 +7,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .admin import guard
 from .rules import RuleBook
 from .server import create_app
 
@@ -22,7 +23,7 @@ def main() -> None:
     book = RuleBook()
     for path in reversed(args.rules):
         book.prepend(RuleBook.from_file(path).rules)
-    uvicorn.run(create_app(args.ledger_dir, book), host=args.host, port=args.port,
+    uvicorn.run(guard(create_app(args.ledger_dir, book)), host=args.host, port=args.port,
                 log_level="warning", access_log=False)
 
 
