@@ -50,3 +50,9 @@ lock:
 
 clean-state: down
 	rm -rf .lab
+
+# The Gradescope autograder: dist/gradescope-autograder.zip (LABS=01 or 01,02: the labs it grades;
+# default every lab). See README.md, Instructors.
+.PHONY: gradescope
+gradescope: setup
+	$(BIN)/python -m labkit.gradescope build --out dist/gradescope-autograder.zip $(if $(LABS),--labs $(LABS),)
