@@ -3,6 +3,8 @@
     lab list | lab up | lab down | lab doctor
     lab check NN [--path DIR | --solution]
     lab hint NN      lab demo NN
+    lab watch NN     lab reset NN     lab solution NN      (students)
+    lab grade SUBMISSIONS                                  (instructors)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -44,12 +47,21 @@ def list_labs() -> None:
     labs = course.load().labs
     progress = state.Progress.load()
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for column in ("lab", "title", "text §", "status"):
+    for column in ("lab", "title", "text §", "score", "status"):
         table.add_column(column)
     for lab in labs:
         done = progress.passed(lab.id)
-        status = "[green]done[/green]" if done else "[yellow]pending[/yellow]"
-        table.add_row(lab.id, lab.title, lab.section.split(" ")[0], status)
+        seen = progress.labs.get(lab.id)
+        if done:
+            status = "[green]done[/green]" + ("" if seen.get("last", True) else " [yellow](last check failed)[/yellow]")
+        elif seen:
+            status = "[red]failing[/red]"
+        else:
+            status = "[yellow]pending[/yellow]"
+        score = f"{seen['score']}/{seen['max']}" if seen else f"-/{lab.max_points}"
+        if seen and seen.get("best", seen["score"]) > seen["score"]:
+            score += f" (best {seen['best']})"
+        table.add_row(lab.id, lab.title, lab.section.split(" ")[0], score, status)
     console.print(table)
     done_count = sum(progress.passed(lab.id) for lab in labs)
     bar = Progress(TextColumn("progress"), BarColumn(), TextColumn("{task.completed}/{task.total} labs"),
@@ -142,7 +154,7 @@ def check(
     if target == lab.starter_dir:
         state.Progress.load().record(lab.id, all_passed, score, lab.max_points)
     if all_passed and target == lab.starter_dir:
-        console.print(f"Lab {lab.id} done. Compare with the reference: solutions/{lab.slug}/")
+        console.print(f"Lab {lab.id} done. [bold]lab solution {lab.id}[/bold] compares your files with the reference.")
     elif not all_passed and not solution:
         console.print(f"Stuck? [bold]lab hint {lab.id}[/bold] shows one more hint each time.")
     raise typer.Exit(0 if all_passed else 1)
@@ -219,6 +231,255 @@ def grade(
     total = sum(r.score for r in results)
     console.print(f"done: {out}/grades.csv, {out}/summary.md, {out}/junit/, {out}/gradescope/  "
                   f"(class total {total}/{sum(r.max_score for r in results)})")
+
+
+# --- students: watch, reset, solution ------------------------------------------------------------
+
+IGNORED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache"}
+
+
+def lab_files(folder: Path) -> list[Path]:
+    """The files of a lab folder that are the student's work (no caches, no editor swap files)."""
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if IGNORED_PARTS & set(rel.parts) or any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_file() and not path.name.endswith(("~", ".pyc", ".pyo")):
+            found.append(rel)
+    return sorted(found)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    state_of = {}
+    for rel in lab_files(folder):
+        try:
+            stat = (folder / rel).stat()
+        except OSError:  # deleted while we looked
+            continue
+        state_of[rel.as_posix()] = (stat.st_mtime_ns, stat.st_size)
+    return state_of
+
+
+def changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
+
+def wait_for_change(folder: Path, before: dict[str, tuple[int, int]], *, poll: bool,
+                    interval: float = 0.5) -> list[str]:
+    """Block until a file of `folder` differs from `before`; return the changed names.
+
+    File events (watchfiles) wake us at once; the snapshot comparison decides, and also runs
+    every few seconds, so a change made while the check ran, or one whose event never came
+    (containers, WSL, network drives), is still seen. --poll: compare every `interval` seconds only."""
+    changed = changes(before, snapshot(folder))
+    if changed:
+        return changed
+    if not poll:
+        try:
+            import watchfiles
+        except ImportError:  # pragma: no cover - watchfiles is a dependency; polling still works
+            poll = True
+    if not poll:
+        for _ in watchfiles.watch(folder, debounce=200, step=50, rust_timeout=3000, yield_on_timeout=True,
+                                  raise_interrupt=True):
+            changed = changes(before, snapshot(folder))
+            if changed:
+                return changed
+    while True:
+        time.sleep(interval)
+        changed = changes(before, snapshot(folder))
+        if changed:
+            return changed
+
+
+@app.command()
+def watch(
+    lab_id: str = typer.Argument(..., metavar="NN"),
+    poll: bool = typer.Option(False, "--poll", help="compare the files every half second instead of waiting "
+                              "for file events (for containers, WSL or network drives where events are missed)"),
+    runs: int = typer.Option(0, "--runs", hidden=True, help="stop after this many checks (0: never)"),
+) -> None:
+    """Re-run `lab check NN` each time you save a file of the lab (Ctrl-C stops)."""
+    lab = find_lab(lab_id)
+    folder = lab.starter_dir
+    if not folder.is_dir():
+        console.print(f"[red]no folder at {folder}[/red]")
+        raise typer.Exit(2)
+    shown = folder.relative_to(REPO)
+    how = "polling every 0.5 s" if poll else "file events, and a look every 3 s"
+    console.print(f"watching {shown}/ ({how}): `lab check {lab.id}` runs now and after each save. Ctrl-C stops.")
+    count = 0
+    try:
+        while True:
+            before = snapshot(folder)
+            subprocess.run([sys.executable, "-m", "labkit.cli", "check", lab.id], cwd=REPO)
+            count += 1
+            if runs and count >= runs:
+                return
+            console.print(f"[dim]waiting for a change in {shown}/ …[/dim]")
+            changed = wait_for_change(folder, before, poll=poll)
+            time.sleep(0.2)  # let an editor finish writing the rest of a save
+            console.print(f"\nchanged: {', '.join(changed)} — checking again")
+    except KeyboardInterrupt:
+        console.print("\nstopped watching")
+
+
+def git(*args: str, text: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=text)
+
+
+@dataclass
+class Starter:
+    """A lab's pristine starter, from git: the files, the commit they come from, and a note."""
+
+    commit: str
+    date: str
+    files: dict[str, bytes]
+    note: str = ""
+
+
+class NoStarter(Exception):
+    pass
+
+
+def pristine_starter(lab: course.Lab) -> Starter:
+    """The starter as the course shipped it, from the git history of labs/<slug>.
+
+    The newest commit that touched the folder is the starter, unless the student committed their
+    own work over it. A starter carries every TODO(labNN) marker, and a student's commit removes
+    some, so among the commits of labs/<slug> (newest first) the first with the most markers is
+    the starter: a later course update that keeps the markers still wins over an older one."""
+    rel = f"labs/{lab.slug}"
+    if git("rev-parse", "--git-dir").returncode != 0:
+        raise NoStarter("this copy of the course is not a git clone, so there is no pristine starter to "
+                        "restore. Clone the course again (git clone …) and copy your work over.")
+    log = git("log", "--format=%H %cs", "--", rel)
+    commits = [line.split() for line in log.stdout.splitlines() if line.strip()][:200]
+    if log.returncode != 0 or not commits:
+        raise NoStarter(f"git has no commit of {rel}: nothing to restore it from.")
+    marker = f"TODO(lab{lab.id})"
+    best: tuple[int, str, str] | None = None
+    for sha, date in commits:
+        found = git("grep", "-c", "-F", marker, sha, "--", rel)
+        total = sum(int(line.rsplit(":", 1)[1]) for line in found.stdout.splitlines() if ":" in line)
+        if best is None or total > best[0]:
+            best = (total, sha, date)
+    total, sha, date = best
+    if total == 0:
+        raise NoStarter(f"no commit of {rel} has its {marker} markers: git holds no starter to restore.")
+    names = git("ls-tree", "-r", "-z", "--name-only", sha, "--", rel).stdout.split("\0")
+    files = {}
+    for name in filter(None, names):
+        files[name.removeprefix(rel + "/")] = git("show", f"{sha}:{name}", text=False).stdout
+    note = ""
+    if sha != commits[0][0]:
+        newest, newest_date = commits[0]
+        note = (f"{rel} was committed after the starter ({newest[:7]}, {newest_date}) without all its "
+                f"{marker} markers: that looks like your own work, so the starter comes from the commit "
+                f"before it. Your committed work stays in git: git show {newest[:7]}:{rel}/<file>")
+    return Starter(commit=sha, date=date, files=files, note=note)
+
+
+@app.command()
+def reset(lab_id: str = typer.Argument(..., metavar="NN"),
+          yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")) -> None:
+    """Restore a lab's starter files; your version is kept in .lab/backups/ first."""
+    import shutil
+
+    lab = find_lab(lab_id)
+    folder = lab.starter_dir
+    try:
+        starter = pristine_starter(lab)
+    except NoStarter as err:
+        console.print(f"[red]cannot reset lab {lab.id}[/red]: {err}")
+        raise typer.Exit(1) from None
+    shown = folder.relative_to(REPO)
+    current = {rel.as_posix(): (folder / rel).read_bytes() for rel in lab_files(folder)} if folder.is_dir() else {}
+    if current == starter.files:
+        console.print(f"{shown}/ is already the starter (commit {starter.commit[:7]}): nothing to do.")
+        return
+    if starter.note:
+        console.print(f"[yellow]note[/yellow]: {starter.note}")
+    if not yes and not typer.confirm(f"Replace {shown}/ with the starter? (your version goes to a backup)"):
+        raise typer.Exit(1)
+    backup = None
+    if folder.is_dir():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = state.STATE_DIR / "backups" / f"{lab.slug}-{stamp}"
+        n = 1
+        while backup.exists():
+            n += 1
+            backup = state.STATE_DIR / "backups" / f"{lab.slug}-{stamp}-{n}"
+        shutil.copytree(folder, backup, ignore=shutil.ignore_patterns(*IGNORED_PARTS, "*.pyc"))
+        for child in folder.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    for name, data in starter.files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    console.print(f"restored {shown}/ from the starter in commit {starter.commit[:7]} ({starter.date}).")
+    if backup is not None:
+        console.print(f"your version is in {backup}  (to get it back: cp -r {backup}/. {shown}/)")
+
+
+def print_diff(mine: Path, reference: Path, first: list[str]) -> int:
+    """A unified diff of every file, the lab's `edits` files first; the number of files that differ."""
+    import difflib
+
+    from rich.text import Text
+
+    names = {rel.as_posix() for rel in lab_files(mine)} | {rel.as_posix() for rel in lab_files(reference)}
+    ordered = [n for n in first if n in names] + sorted(names - set(first))
+    differ = 0
+    for name in ordered:
+        a, b = mine / name, reference / name
+        try:
+            old = a.read_text().splitlines(keepends=True) if a.exists() else []
+            new = b.read_text().splitlines(keepends=True) if b.exists() else []
+        except UnicodeDecodeError:
+            continue
+        lines = list(difflib.unified_diff(old, new, fromfile=f"yours/{name}" if a.exists() else "/dev/null",
+                                          tofile=f"reference/{name}" if b.exists() else "/dev/null"))
+        if not lines:
+            continue
+        differ += 1
+        for line in lines:
+            style = ("bold" if line.startswith(("---", "+++")) else "green" if line.startswith("+")
+                     else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else "")
+            console.print(Text(line.rstrip("\n"), style=style))
+        console.print()
+    return differ
+
+
+@app.command()
+def solution(lab_id: str = typer.Argument(..., metavar="NN"),
+             force: bool = typer.Option(False, "--force", help="show it before the lab passes (spoils it)")) -> None:
+    """Compare your files with the reference solution, once `lab check NN` has passed."""
+    lab = find_lab(lab_id)
+    progress = state.Progress.load()
+    if not progress.passed(lab.id):
+        seen = progress.labs.get(lab.id)
+        so_far = f" (last check: {seen['score']}/{seen['max']})" if seen else ""
+        if not force:
+            console.print(f"The reference solution opens once [bold]lab check {lab.id}[/bold] passes{so_far}. "
+                          f"Seeing it earlier spoils the lab: [bold]lab hint {lab.id}[/bold] helps without giving "
+                          "it away. `--force` shows it anyway.")
+            raise typer.Exit(1)
+        console.print(f"[yellow]warning[/yellow]: lab {lab.id} has not passed yet{so_far}; here is the reference "
+                      "anyway (--force).")
+    mine, reference = lab.starter_dir, lab.solution_dir
+    console.print(f"[bold]{mine.relative_to(REPO)}/ (yours, -) vs {reference.relative_to(REPO)}/ "
+                  "(reference, +)[/bold]\n")
+    differ = print_diff(mine, reference, list(lab.edits))
+    if differ:
+        console.print(f"{differ} file(s) differ. Yours passed the same checks: a different shape can be "
+                      "just as right (the checks look at what happened, not at the code).")
+    else:
+        console.print("Your files are the reference's, line for line.")
 
 
 @app.command()

@@ -1,4 +1,7 @@
-"""A student's progress and hint counters, kept under .lab/ (never committed)."""
+"""A student's progress and hint counters, kept under .lab/ (never committed; LAB_STATE_DIR moves it).
+
+.lab/backups/ holds what `lab reset` replaced.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +45,9 @@ class Progress:
         return bool(self.labs.get(lab_id, {}).get("passed"))
 
     def record(self, lab_id: str, passed: bool, score: int, max_score: int) -> None:
+        best = max(score, int(self.labs.get(lab_id, {}).get("best", 0)))
         self.labs[lab_id] = {"passed": passed or self.passed(lab_id), "last": passed,
-                             "score": score, "max": max_score, "at": time.time()}
+                             "score": score, "best": best, "max": max_score, "at": time.time()}
         _write(self.path, self.labs)
 
 
