@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,30 @@ def find_lab_folder(submission: Path, lab: Lab) -> Path | None:
     return None
 
 
+def copy_regular_files(folder: Path, dest: Path) -> list[str]:
+    """Copy the lab folder's regular files and folders only; return the symlinks left out.
+
+    A symlink could point anywhere on the grading machine, the course's own solutions/ included."""
+    skipped = []
+    for current, dirs, files in os.walk(folder, followlinks=False):
+        here = Path(current)
+        target = dest / here.relative_to(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in list(dirs):
+            if (here / name).is_symlink():
+                skipped.append(str((here / name).relative_to(folder)))
+                dirs.remove(name)
+            elif name == "__pycache__":
+                dirs.remove(name)
+        for name in files:
+            path = here / name
+            if path.is_symlink() or not path.is_file():
+                skipped.append(str(path.relative_to(folder)))
+            elif not name.endswith((".pyc", ".pyo")):
+                shutil.copy2(path, target / name)
+    return sorted(skipped)
+
+
 def submissions_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -155,13 +180,15 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
         result.checks = not_graded(lab, result.error)
         return result
     workdir.mkdir(parents=True, exist_ok=True)
+    graded = workdir / "submitted" / lab.slug  # a snapshot: regular files only, never a symlink
+    skipped = copy_regular_files(result.folder, graded)
     key = secrets.token_hex(32).encode()
     marker = uuid.uuid4().hex
     env = grader_env()
     env.update({MARKER_ENV: marker, ENABLE_ENV: "1"})
     _RUNNING.add(marker)
     argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
-            "-p", "labkit.grade_plugin", "--rootdir", str(REPO), "--lab-path", str(result.folder.resolve()),
+            "-p", "labkit.grade_plugin", "--rootdir", str(REPO), "--lab-path", str(graded),
             "--basetemp", str(workdir / "tmp"), "--no-header", "--tb=no", "-rN"]
     child = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
@@ -182,7 +209,8 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
         _RUNNING.discard(marker)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_bytes(output or b"")
+        note = f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
+        log_path.write_bytes(note.encode() + (output or b""))
     report = verified_report(output or b"", key)
     records = {r["check"]: r for r in (report or {}).get("records", [])}
     if timed_out:

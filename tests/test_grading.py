@@ -216,3 +216,33 @@ def test_bad_arguments_are_refused(tmp_path):
                               cwd=REPO, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "LAB_STATE_DIR": str(tmp_path / "state")})
         assert done.returncode == 2 and message in done.stdout, (args, done.stdout, done.stderr)
+
+
+# --- pieces, without a run -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["clone", "lab-folders", "zipped-clone", "bare-files", "nothing"])
+def test_the_lab_folder_is_found_in_every_shape_a_submission_comes_in(tmp_path, layout):
+    from labkit.grading import find_lab_folder
+
+    submission = tmp_path / "sub"
+    where = {"clone": submission / "labs" / LAB01.slug, "lab-folders": submission / LAB01.slug,
+             "zipped-clone": submission / "durable-agents-lab" / "labs" / LAB01.slug,
+             "bare-files": submission, "nothing": None}[layout]
+    submission.mkdir()
+    (submission / "notes.txt").write_text("hello")
+    if where is not None:
+        shutil.copytree(LAB01.starter_dir, where, ignore=IGNORE, dirs_exist_ok=True)
+    assert find_lab_folder(submission, LAB01) == where
+
+
+def test_only_a_line_signed_with_the_runs_key_is_a_report():
+    from labkit.grade_plugin import PREFIX, signed_line, verified_report
+
+    key, other = b"k" * 64, b"o" * 64
+    real = {"records": [{"check": "crash-resume", "outcome": "failed"}], "exitstatus": 1}
+    forged = {"records": [{"check": "crash-resume", "outcome": "passed"}], "exitstatus": 0}
+    output = "\n".join(["lab01 crash-resume ..... PASSED", signed_line(key, real), signed_line(other, forged),
+                        f"{PREFIX} {'0' * 64} {json.dumps(forged)}", f"{PREFIX} garbage"])
+    assert verified_report(output, key) == real
+    assert verified_report(output, b"x" * 64) is None
+    assert verified_report("6 passed in 1.0s", key) is None

@@ -5,6 +5,7 @@ the trick was really tried (the tampering code leaves a note in TAMPER_PROOF_DIR
 environment passes down to the student's processes) before asserting the grade is unchanged:
 
 - it ships its own checks/, labkit/, course.toml and conftest.py (ignored: the course's are used);
+- its lab files are symlinks to the course's own solution (left out: only regular files are graded);
 - it prints fake PASSED lines and a forged report line, into its log and into pytest's own output
   (ignored: the grader reads a report signed with a key only pytest has);
 - it writes fake reports where it thinks they are, then kills pytest (no signed report: 0);
@@ -111,6 +112,21 @@ def test_own_checks_labkit_and_course_toml_are_ignored(tmp_path):
     row, _ = grade_one(tmp_path, "forger")
     assert (row["score"], row["max"]) == ("0", str(MAX)), row
     assert failed_checks(row) == ["crash-resume"] and "TODO(lab01)" in row["failed_checks"], row
+
+
+def test_symlinks_to_the_courses_solution_are_not_graded(tmp_path):
+    """Given a lab folder whose activities.py and workflows.py are symlinks to the course's
+    solutions/ on the grading machine, Then they are left out of the graded copy: the worker
+    cannot import them, and the lab earns 0."""
+    submission = clone_with(tmp_path / "class" / "linker", LAB01.starter_dir)
+    for name in ("activities.py", "workflows.py"):
+        (submission / "labs" / LAB01.slug / name).unlink()
+        (submission / "labs" / LAB01.slug / name).symlink_to(LAB01.solution_dir / name)
+    row, _ = grade_one(tmp_path, "linker")
+    assert (row["score"], row["max"]) == ("0", str(MAX)), row
+    assert failed_checks(row) == ["crash-resume"], row
+    log = (tmp_path / "out" / "logs" / "linker-lab01.log").read_text()
+    assert log.startswith("symlinks left out of the graded copy: activities.py, workflows.py"), log[:300]
 
 
 def test_fake_passed_lines_and_a_forged_report_line_are_ignored(tmp_path):
