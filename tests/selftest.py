@@ -100,8 +100,9 @@ class CheckRun:
 def running_processes_of(marker: str, paths: Iterable[Path]) -> list[str]:
     """Processes still running that a check run started: they carry its marker in their
     environment (PostgreSQL too, though it runs as another user when we are root), or name one of
-    its folders on their command line or as their cwd. A zombie is not running: it holds no port
-    and runs nothing."""
+    its folders on their command line or as their cwd. A process carrying another run's marker is
+    that run's (another self-test of the same variant, say), not this one's. A zombie is not
+    running: it holds no port and runs nothing."""
     found = []
     needles = [str(p) for p in paths]
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
@@ -111,7 +112,10 @@ def running_processes_of(marker: str, paths: Iterable[Path]) -> list[str]:
             cmdline = " ".join(p.info["cmdline"] or [])
             hit = any(n in cmdline for n in needles)
             with contextlib.suppress(psutil.Error):
-                hit = hit or p.environ().get(MARKER_ENV) == marker
+                theirs = p.environ().get(MARKER_ENV)
+                if theirs not in (None, marker):
+                    continue
+                hit = hit or theirs == marker
                 hit = hit or any(p.cwd().startswith(n) for n in needles)
             if hit:
                 found.append(f"pid {p.pid}: {cmdline[:200]}")
