@@ -201,10 +201,10 @@ def test_the_time_limit_stops_a_hanging_submission_and_leaves_nothing(tmp_path):
     assert (row["score"], row["max"]) == ("0", str(MAX)), row
     assert row["failed_checks"].startswith("crash-resume: time limit: grading took longer than 6 s"), row
     assert "5 more not checked" in row["failed_checks"], row
+    # the limit, not the check's own 20 s wait for polling, ended the run: stopped at 6 s, then
+    # the kill and the sweep (a few seconds at most)
     result = graded.gradescope("hangs")
-    assert result["score"] == 0 and result["execution_time"] < 20, result
-    # the limit, not the check's own 20 s wait for polling, ended the run
-    assert graded.seconds < 6 + 14, graded.describe()
+    assert result["score"] == 0 and 6 <= result["execution_time"] < 6 + 8, result
 
 
 def test_bad_arguments_are_refused(tmp_path):
