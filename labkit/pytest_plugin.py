@@ -245,3 +245,24 @@ def web(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+# --- the notification sink (lab 06) --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sink(tmp_path_factory):
+    """The notification sink (labkit.sink): a stand-in chat service with a durable delivery record.
+
+    One server for the session on a free port, launched here and waited for on first use (any
+    call that talks to it), always stopped. Give each check its own token so deliveries, keys and
+    holds never mix: the student's code posts with ``Authorization: Bearer <token>``; the check
+    reads ``sink.deliveries(caller=token)`` and holds with ``sink.hold(caller=token, ...)``.
+    """
+    from .sink import NotificationSink
+
+    server = NotificationSink(tmp_path_factory.mktemp("sink"))
+    try:
+        server.launch()
+        yield server
+    finally:
+        server.stop()

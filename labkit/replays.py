@@ -1,10 +1,13 @@
 """Replay several recorded histories against a module's workflow classes, in one separate process.
 
-    python -m labkit.replays --root DIR --module pkg.workflows < histories.json
+    python -m labkit.replays --root DIR --module pkg.workflows [--plugin module:factory] < histories.json
 
 stdin: a JSON object {workflow_id: history_json_dict, ...}. Prints one JSON line:
 {"ok": bool, "error": str, "workflows": [...], "results": {workflow_id: {"ok": bool, "error": str}}}.
 One process for all histories: the student's module is imported once.
+--plugin names a worker plugin the workflows need to replay (e.g. the OpenAI Agents SDK's
+``temporalio.openai_agents:OpenAIAgentsPlugin``, which passes `agents` through the sandbox and
+brings its data converter): called with no arguments, it gives a plugin (or a list of them).
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ class ReplaySetVerdict:
 class ReplaySet:
     """Start early (the import overlaps the scenario), then hand it the histories."""
 
-    def __init__(self, *, root: Path, module: str):
+    def __init__(self, *, root: Path, module: str, plugin: str | None = None,
+                 env: dict[str, str] | None = None):
         kit_root = str(Path(__file__).resolve().parent.parent)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        argv = [sys.executable, "-m", "labkit.replays", "--root", str(root), "--module", module]
+        if plugin:
+            argv += ["--plugin", plugin]
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "labkit.replays", "--root", str(root), "--module", module],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**env, "PYTHONPATH": f"{root}{os.pathsep}{kit_root}"})
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**base, **(env or {}), "PYTHONPATH": f"{root}{os.pathsep}{kit_root}"})
 
     def verdict(self, histories: dict, timeout: float = 30) -> ReplaySetVerdict:
         """histories: {workflow_id: WorkflowHistory}."""
@@ -67,6 +73,7 @@ async def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("--module", required=True)
+    parser.add_argument("--plugin", default=None, help="module:factory giving the worker plugin(s) to replay with")
     args = parser.parse_args()
     sys.path.insert(0, args.root)
     try:
@@ -83,7 +90,12 @@ async def main() -> dict:
     if not classes:
         return {"ok": False, "error": f"{args.module} defines no @workflow.defn class"}
     names = [c.__name__ for c in classes]
-    replayer = Replayer(workflows=classes)
+    plugins = []
+    if args.plugin:
+        module_name, _, factory = args.plugin.partition(":")
+        made = getattr(importlib.import_module(module_name), factory)()
+        plugins = list(made) if isinstance(made, (list, tuple)) else [made]
+    replayer = Replayer(workflows=classes, plugins=plugins)
     results = {}
     for workflow_id, raw in json.loads(sys.stdin.read()).items():
         history = WorkflowHistory.from_json(workflow_id, raw)

@@ -1,6 +1,6 @@
 """The notification sink: a stand-in for a chat service, with a durable record of every delivery.
 
-    python -m labkit.sink --port 8310 --state-dir .lab/sink
+    python -m labkit.sink --port 8320 --state-dir .lab/sink
 
 `POST /api/messages` with JSON ``{"channel": "#sales", "text": "..."}`` delivers a message, and
 answers ``{"ok": true, "id": N, "channel": ..., "ts": ...}``. Like the real services it stands in
@@ -212,13 +212,15 @@ class Hold:
 
     id: int
     caller: str | None = None  # None: any caller
+    channel: str | None = None  # None: any channel
     match: str | None = None  # regex searched in the message text
     times: int = 1
     release_after_s: float = DEFAULT_HOLD_S
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def matches(self, caller: str, text: str) -> bool:
+    def matches(self, caller: str, channel: str, text: str) -> bool:
         return (self.times > 0 and (self.caller is None or self.caller == caller)
+                and (self.channel is None or self.channel == channel)
                 and (self.match is None or re.search(self.match, text, re.S) is not None))
 
 
@@ -245,10 +247,10 @@ def create_app(state_dir: Path) -> FastAPI:
 
     @app.post("/_hold")
     async def add_hold(body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"caller", "match", "times", "release_after_s"}
+        unknown = set(body) - {"caller", "channel", "match", "times", "release_after_s"}
         if unknown:
             return error(422, f"unknown hold field(s): {', '.join(sorted(unknown))}")
-        hold = Hold(id=len(holds) + 1, caller=body.get("caller"), match=body.get("match"),
+        hold = Hold(id=len(holds) + 1, caller=body.get("caller"), channel=body.get("channel"), match=body.get("match"),
                     times=int(body.get("times", 1)), release_after_s=float(body.get("release_after_s", DEFAULT_HOLD_S)))
         holds.append(hold)
         return {"hold": hold.id}
@@ -280,7 +282,7 @@ def create_app(state_dir: Path) -> FastAPI:
             return error(400, 'send JSON {"channel": "#name", "text": "the message"}')
         attempt, answer, replayed = store.deliver(caller=caller, channel=channel, text=text, key=key)
         if not replayed:
-            hold = next((h for h in holds if h.matches(caller, text)), None)
+            hold = next((h for h in holds if h.matches(caller, channel, text)), None)
             if hold is not None:
                 hold.times -= 1
                 store.mark(attempt.id, held=True)
@@ -312,7 +314,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m labkit.sink", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=HOST)
-    parser.add_argument("--port", type=int, default=8310)
+    parser.add_argument("--port", type=int, default=8320)
     parser.add_argument("--state-dir", type=Path, default=Path(".lab/sink"))
     args = parser.parse_args()
     uvicorn.run(create_app(args.state_dir), host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -387,14 +389,13 @@ class NotificationSink:
         self.stop()
         raise ServiceError(f"the notification sink did not answer on port {self.port} within {timeout:.0f} s")
 
-    def hold(self, *, caller: str | None = None, match: str | None = None, times: int = 1,
-             release_after_s: float = DEFAULT_HOLD_S) -> int:
+    def hold(self, *, caller: str | None = None, channel: str | None = None, match: str | None = None,
+             times: int = 1, release_after_s: float = DEFAULT_HOLD_S) -> int:
         """Hold back the answer to the next `times` matching deliveries; the hold's id."""
         body: dict[str, Any] = {"times": times, "release_after_s": release_after_s}
-        if caller is not None:
-            body["caller"] = caller
-        if match is not None:
-            body["match"] = match
+        for name, value in (("caller", caller), ("channel", channel), ("match", match)):
+            if value is not None:
+                body[name] = value
         response = httpx.post(f"{self.wait_ready().base_url}/_hold", json=body, timeout=5)
         response.raise_for_status()
         return int(response.json()["hold"])
@@ -403,11 +404,11 @@ class NotificationSink:
         httpx.post(f"{self.base_url}/_release", json={} if hold is None else {"hold": hold},
                    timeout=5).raise_for_status()
 
-    def deliveries(self, caller: str | None = None) -> list[Delivery]:
-        return self.store().deliveries(caller=caller)
+    def deliveries(self, caller: str | None = None, since_id: int = 0) -> list[Delivery]:
+        return self.store().deliveries(caller=caller, since_id=since_id)
 
-    def attempts(self, caller: str | None = None) -> list[Attempt]:
-        return self.store().attempts(caller=caller)
+    def attempts(self, caller: str | None = None, since_id: int = 0) -> list[Attempt]:
+        return self.store().attempts(caller=caller, since_id=since_id)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -131,8 +131,10 @@ def test_a_hold_records_first_and_answers_on_release(sink, token):
         time.sleep(0.3)
         assert not answers, "the held answer was sent before the release"
         assert len(sink.deliveries(caller=token)) == 1  # the side effect already happened
-        # an unmatched message is not held
+        # an unmatched message is not held, nor one to another channel
         assert post(sink, token, "#sales", "not this one").status_code == 200
+        sink.hold(caller=token, channel="#exec", times=0)  # a spent hold holds nothing
+        assert post(sink, token, "#exec", "hold me? no").status_code == 200
         sink.release(hold)
         caller.join(10)
     finally:
@@ -145,6 +147,16 @@ def test_a_hold_records_first_and_answers_on_release(sink, token):
     started = time.monotonic()
     post(sink, token, "#sales", "hold me again")
     assert time.monotonic() - started < 2
+
+
+def test_a_hold_can_name_a_channel(sink, token):
+    sink.hold(caller=token, channel="#exec", release_after_s=0.5)
+    started = time.monotonic()
+    post(sink, token, "#sales", "another channel")
+    assert time.monotonic() - started < 0.5
+    post(sink, token, "#exec", "this channel")
+    assert time.monotonic() - started >= 0.5
+    assert [a.held for a in sink.attempts(caller=token)] == [False, True]
 
 
 def test_a_hold_ends_by_itself_after_its_delay(sink, token):
