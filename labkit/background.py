@@ -1,6 +1,7 @@
 """`lab up` / `lab down`: the course services in the background, on fixed ports, state under .lab/.
 
-Temporal 7233 (Web UI 8233), the course LLM 8300, PostgreSQL 5433 (labkit.postgres).
+Temporal 7233 (Web UI 8233), the course LLM 8300, the course web 8310 (labkit.web), PostgreSQL 5433
+(labkit.postgres).
 
 Temporal keeps its history in .lab/temporal/temporal.db, so workflows survive a
 `lab down` / `lab up` (and a devcontainer restart). The PIDs are kept in
@@ -22,9 +23,11 @@ import psutil
 from . import postgres
 from .course import COURSE_TOML
 from .services import CourseLLM, ServiceError, TemporalServer, port_open
+from .web import CourseWeb, WebError
 from .state import STATE_DIR
 
 TEMPORAL_PORT, TEMPORAL_UI_PORT, LLM_PORT = 7233, 8233, 8300
+WEB_PORT = 8310  # the course web (labkit.web): labs 04 and 05 search and fetch there
 REGISTRY = STATE_DIR / "services.json"
 OWN_TEMPORAL = f"localhost:{TEMPORAL_PORT}"  # TEMPORAL_ADDRESS naming these is not "another server"
 STUDENT_KEY = "lab-student"
@@ -65,6 +68,7 @@ def up() -> Iterator[str]:
             db_file=STATE_DIR / "temporal" / "temporal.db", detached=True), [TEMPORAL_PORT, TEMPORAL_UI_PORT]))
     wanted.append(("llm", lambda: CourseLLM(STATE_DIR, rules_files=[COURSE_TOML], port=LLM_PORT,
                                             detached=True), [LLM_PORT]))
+    wanted.append(("web", lambda: CourseWeb(STATE_DIR, port=WEB_PORT, detached=True), [WEB_PORT]))
     started = []
     for name, make, ports in wanted:
         if name in registry and _running(registry[name]):
@@ -78,12 +82,12 @@ def up() -> Iterator[str]:
         service = make().launch()
         started.append((name, service))
         registry[name] = {"pid": service.process.pid, "program": Path(service.process.argv[0]).name
-                          if name == "temporal" else "labkit.llm"}
+                          if name == "temporal" else f"labkit.{name}"}
     for name, service in started:
         try:
             service.wait_ready()
             yield f"{name}: started (pid {service.process.pid})"
-        except ServiceError as err:
+        except (ServiceError, WebError) as err:
             registry.pop(name, None)
             yield f"{name}: FAILED to start: {err}"
     REGISTRY.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def test_one_web_ui_port_everywhere_in_the_docs():
     docs = [REPO / "README.md", *REPO.glob("labs/*/README.md"), *REPO.glob("docs/**/*.md")]
     for doc in docs:
         for port in re.findall(r"localhost:(\d{4})\b", doc.read_text()):
-            assert port in {"8233", "7233", "8300", "8888", "5433"}, f"{doc}: localhost:{port}"
+            assert port in {"8233", "7233", "8300", "8310", "8888", "5433"}, f"{doc}: localhost:{port}"
     assert "8233" in (REPO / "README.md").read_text()
 
 

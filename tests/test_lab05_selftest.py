@@ -1,0 +1,84 @@
+"""Lab 05's self-test: its autograder grades what it claims to grade.
+
+- each known-bad variant (tests/variants/lab05/<name>: the solution with ONE bug, marked
+  BUG(<name>)) fails the check that owns its bug, with that check's teaching message; the checks
+  its bug keeps from running say "not checked: ..."; every other check passes;
+- the differently shaped correct variant (good_alt_shape) passes every check;
+- the solution also passes with every worker started by a plain exec (no fork server);
+- every run gives a verdict (never an internal error) within its time budget, and leaves no process
+  behind.
+
+The solution, the starter and the TODO markers: tests/test_course_selftest.py. How a run works:
+tests/selftest.py.
+"""
+
+from __future__ import annotations
+
+from selftest import (Variant, assert_folders_match, assert_solution_plus_marked_bug, bad, parametrize, run_check,
+                      run_variant)
+
+from labkit import course
+
+LAB = course.load().lab("05")
+# Measured 11-16 s on an idle 2-core machine, 30-45 s while four other engineers' suites ran on it.
+RUN_BUDGET_S = 60
+
+VARIANTS = [
+    # The text's loop: one page after another. Everything else still works, only slower.
+    Variant("sequential_loop", changed=("workflows.py",), fails={
+        "parallel-fan-out": ("The pages were extracted one after another, not in parallel",
+                             "at most 1 extract_content ran at once"),
+    }),
+    Variant("no_cap", changed=("workflows.py",), fails={
+        "concurrency-cap": ("5 extract_content activities ran at once; the request's max_parallel is 3",),
+    }),
+    # One heartbeat, then a plain GET: the 2.6 s page times out twice although bytes kept coming, and
+    # the cancellation never reaches the activity (it learns of it only from a heartbeat's answer).
+    Variant("single_heartbeat", changed=("activities.py",), fails={
+        "heartbeat-loop": ("timed out on its heartbeat although it was downloading all along",),
+        "cancellation-honoured": ("The download went on after the workflow was cancelled",),
+    }),
+    # Nothing checks the heartbeats: the stalled page and the dead worker's pages wait for
+    # start_to_close (60 s), past the check's deadlines.
+    Variant("no_heartbeat_timeout", changed=("workflows.py",), budget_s=90,
+            blocked=("no-refetch-after-crash", "llm-called-once", "cost-from-usage"), fails={
+        "hang-detected": ("The stalled page was never given up",),
+        "crash-mid-fan-out": ("The crash run did not finish within 20 s",),
+        "retry-policy": ("extract_content was scheduled without a heartbeat_timeout",),
+    }),
+    Variant("budget_ignored", changed=("workflows.py",), fails={
+        "budget-enforced": ("The run spent $0.0000", "with a budget of $0.00005"),
+    }),
+    # The "HTTP client's own retries": the openai client's default max_retries=2, and a retry loop
+    # around the page download. Either way Temporal sees no failure.
+    Variant("client_retries", changed=("activities.py",), fails={
+        "temporal-owns-retries": ("The LLM's 500 was retried inside llm_summarize", "LLM answers: [500, 200]"),
+    }),
+    Variant("fetch_retry_loop", changed=("activities.py",), fails={
+        "temporal-owns-retries": ("The 503 was retried inside extract_content", "2 fetch(es) (503, 200)"),
+    }),
+    Variant("swallow_cancel", changed=("activities.py",), fails={
+        "cancellation-honoured": ("The download went on after the workflow was cancelled",),
+    }),
+    Variant("good_alt_shape"),
+]
+
+
+@parametrize(VARIANTS)
+def test_variant_gets_its_verdict(variant, tmp_path):
+    run_variant(LAB, variant, tmp_path, budget_s=RUN_BUDGET_S)
+
+
+def test_solution_passes_without_the_fork_server(tmp_path):
+    run = run_check(LAB, tmp_path, solution=True, env={"LAB_PREFORK": "0"}, budget_s=RUN_BUDGET_S)
+    assert not run.failed() and run.returncode == 0, run.describe()
+
+
+def test_variant_folders_match_the_list_and_the_readme():
+    assert_folders_match(LAB, VARIANTS)
+
+
+@parametrize(bad(VARIANTS))
+def test_bad_variant_is_the_solution_with_one_marked_bug(variant):
+    # each variant's __init__.py says in its docstring what the variant is
+    assert_solution_plus_marked_bug(LAB, variant, ignore=("__init__.py",))
