@@ -229,7 +229,21 @@ def postgres(tmp_path_factory):
 # --- the course web (labs 04, 05 and later) ------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def web(tmp_path_factory):
+def web_launched(tmp_path_factory):
+    """The course web, spawned but maybe not answering yet: ask for it before `services` so both
+    start at once, then ask for `web` (which waits). Most checks just ask for `web`."""
+    from .web import CourseWeb
+
+    server = CourseWeb(tmp_path_factory.mktemp("web"))
+    try:
+        server.launch()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def web(web_launched):
     """The course's local web (labkit.web): search + pages + scripted faults + a fetch ledger.
 
     One server for the session on a free port, ready when the fixture returns, always stopped.
@@ -237,14 +251,7 @@ def web(tmp_path_factory):
     counters never mix: ``base = web.url_for(caller)`` for the student's code,
     ``web.set_behaviour(slug, caller=caller, slow_ms=...)``, ``web.ledger().fetches(caller)``.
     """
-    from .web import CourseWeb
-
-    server = CourseWeb(tmp_path_factory.mktemp("web"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    return web_launched.wait_ready()
 
 
 # --- the notification sink (lab 06) --------------------------------------------------------------
