@@ -227,7 +227,11 @@ def grade(
             bar.console.print(f"{result.submission} lab{result.lab.id}: {result.score}/{result.max_score}"
                               + (f"  ({result.error})" if result.error else ""))
 
-        results = grading.grade(found, chosen, jobs=jobs, out=out, time_limit=time_limit, progress=advance)
+        try:
+            results = grading.grade(found, chosen, jobs=jobs, out=out, time_limit=time_limit, progress=advance)
+        except KeyboardInterrupt:
+            console.print("\n[yellow]interrupted[/yellow]: every grading run was stopped; no report was written.")
+            raise typer.Exit(130) from None
     total = sum(r.score for r in results)
     console.print(f"done: {out}/grades.csv, {out}/summary.md, {out}/junit/, {out}/gradescope/  "
                   f"(class total {total}/{sum(r.max_score for r in results)})")

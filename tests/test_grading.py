@@ -207,6 +207,41 @@ def test_the_time_limit_stops_a_hanging_submission_and_leaves_nothing(tmp_path):
     assert result["score"] == 0 and 6 <= result["execution_time"] < 6 + 8, result
 
 
+def test_ctrl_c_stops_every_run_and_leaves_nothing(tmp_path):
+    """Given `lab grade` grading a submission (its runs are in sessions of their own, out of reach of
+    the terminal's Ctrl-C), When Ctrl-C reaches `lab grade`, Then it stops every run and exits 130."""
+    import signal
+
+    submissions = tmp_path / "class"
+    clone_with(submissions / "hangs", REPO / "tests" / "variants" / "lab01" / "worker_never_polls")
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_PATH", "TEMPORAL_ADDRESS")}
+    env.update({MARKER_ENV: marker, "LAB_STATE_DIR": str(tmp_path / "state")})
+    child = subprocess.Popen([sys.executable, "-m", "labkit.cli", "grade", str(submissions), "--labs", "01",
+                              "--out", str(tmp_path / "out")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until the student's worker runs
+            if any("lab01_temporal_crash.worker" in line for line in leftovers(marker)):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the worker never started: {leftovers(marker)}")
+        os.killpg(child.pid, signal.SIGINT)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out, out
+    deadline = time.monotonic() + 10
+    while leftovers(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers(marker), leftovers(marker)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
