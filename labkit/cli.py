@@ -317,7 +317,16 @@ def watch(
     try:
         while True:
             before = snapshot(folder)
-            subprocess.run([sys.executable, "-m", "labkit.cli", "check", lab.id], cwd=REPO)
+            checking = subprocess.Popen([sys.executable, "-m", "labkit.cli", "check", lab.id], cwd=REPO)
+            try:
+                checking.wait()
+            except KeyboardInterrupt:  # it got the Ctrl-C too: let it stop its servers and workers
+                try:
+                    checking.wait(30)
+                except subprocess.TimeoutExpired:
+                    checking.kill()
+                    checking.wait()
+                raise
             count += 1
             if runs and count >= runs:
                 return
