@@ -6,6 +6,9 @@
   measured start of the services (Temporal dev server + course LLM). Target: median <= 6 s.
 - From the new worker's start to the workflow's completion, beyond the mandated backoff
   (evidence `beyond_backoff` of the crash-resume check). Floor 0. Target: <= 1.5 s.
+- `lab check 05 --solution`, wall time. Floor: the crash run's 2 s heartbeat timeout + 1 s retry
+  backoff + 1.5 s to download the cut-off pages again + about 0.5 s to reach the kill, plus the
+  service start. Target: median <= 15 s (issue 6).
 - `make test` (the environment already built). Target: <= 5 minutes.
 Results are appended to bench/results.jsonl.
 """
@@ -29,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from labkit.services import CourseLLM, TemporalServer  # noqa: E402
 
 BACKOFF_S = 2.0
+LAB05_FLOOR_S = 2.0 + 1.0 + 1.5 + 0.5  # heartbeat timeout + retry backoff + re-download + reaching the kill
 
 
 def service_start_s() -> float:
@@ -71,6 +75,14 @@ def main() -> None:
         beyond.append(float(found.group(1)) if found else float("nan"))
     rows = [("lab check 01 --solution (wall)", statistics.median(walls), floor_check, 6.0, walls),
             ("new worker start -> done, beyond backoff", statistics.median(beyond), 0.0, 1.5, beyond)]
+    walls05 = []
+    for _ in range(args.check_runs):
+        wall, out, code = timed([lab, "check", "05", "--solution"])
+        if code != 0:
+            sys.exit(f"lab check 05 --solution failed:\n{out}")
+        walls05.append(wall)
+    rows.append(("lab check 05 --solution (wall)", statistics.median(walls05),
+                 LAB05_FLOOR_S + statistics.median(starts), 15.0, walls05))
     if not args.skip_make_test:
         tests = []
         for _ in range(args.test_runs):

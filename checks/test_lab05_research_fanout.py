@@ -402,7 +402,7 @@ class Lab05:
                 found = await self.problem(run)
                 if found:
                     raise found
-                await asyncio.wait({waiter}, timeout=0.25)
+                await asyncio.wait({waiter}, timeout=1.0)  # a TODO or a broken task shows within 1 s
             run.result, run.status, run.finished_at = waiter.result(), "COMPLETED", time.time()
             for act in activities(await run.handle.fetch_history()):  # a TODO the workflow swallowed
                 for message in (act.failure, act.previous_failure):
@@ -549,12 +549,13 @@ class Lab05:
 async def run_scenario(lab: Lab05, s: Scenario) -> None:
     client = lab.client = await Client.connect(lab.services.temporal_address)
     worker_a, worker_k = lab.a.start_worker(), lab.k.start_worker()
-    lab.replay = lab.a.replay = ReplaySet(root=lab.a.target.root, module=lab.a.target.module("workflows"))
     lab.script(s)  # the course LLM and the web answer by now; the workers are still starting
     for run in s.runs.values():
         run.harness = lab.k if run.key == "crash" else lab.a
     await lab.a.wait_polling(client, worker_a)
     s.old_identities = await lab.k.wait_polling(client, worker_k)
+    # The replay process imports the workflow module while the runs run (not while the workers start).
+    lab.replay = lab.a.replay = ReplaySet(root=lab.a.target.root, module=lab.a.target.module("workflows"))
     for run in s.runs.values():
         run.started_at = time.time()
         run.handle = await client.start_workflow("ResearchWorkflow", run.request, id=run.workflow_id,
