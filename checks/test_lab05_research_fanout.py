@@ -306,7 +306,7 @@ class Scenario:
 
 def make_runs(key: str) -> dict[str, Run]:
     def run(name: str, base: str, **request: Any) -> Run:
-        marker = f"#{name[0]}{key}"
+        marker = f"#{name[:2]}{key}"  # fa.., ha.., bu.., ca.., cr..: a word no page contains
         topic = f"{base} {marker}"
         pages = [d.slug for d in rank(CORPUS, topic, request.get("max_sources", 5))]
         return Run(name, f"research-{name}-{key}", topic, marker, {"topic": topic, **request}, pages)
