@@ -7,6 +7,10 @@ data across a restart. DATABASE_URL swaps in an existing server that we never st
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import psutil
 import psycopg
 import pytest
@@ -63,8 +67,11 @@ def test_stop_leaves_nothing_behind(tmp_path):
     assert not data.exists() and not port_open(found.port)
 
 
-def test_lab_up_keeps_its_data_across_a_restart(tmp_path):
-    state, port = tmp_path / "pg", free_port()
+def test_lab_up_keeps_its_data_across_a_restart():
+    # Not under tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to 0700, and
+    # as root the server runs as another user who must reach its data dir (as `lab up`'s .lab/pg).
+    keep = Path(tempfile.mkdtemp(prefix="lab-pg-test-"))
+    state, port = keep / "pg", free_port()
     try:
         url = postgres.up(state, port=port)
         assert postgres.status(state, port) == url
@@ -80,6 +87,7 @@ def test_lab_up_keeps_its_data_across_a_restart(tmp_path):
     finally:
         postgres.down(state)
     assert not postgres.down(state)  # nothing left to stop
+    shutil.rmtree(keep, ignore_errors=True)
 
 
 def test_database_url_names_an_existing_server(server, monkeypatch):
