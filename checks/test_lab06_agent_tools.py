@@ -412,8 +412,6 @@ async def run_scenario(harness: Lab06Harness, scenario: Scenario) -> None:
             revisit="Keep the starter's `ensure_dataset()` call at the top of worker.py's main().")
     scenario.db_path = harness.db_path
     scenario.db_before = fingerprint(harness.db_path)
-    query = tool_calls_of(scenario.revenue.rule, "query_database")[0]["sql"]
-    scenario.expected_regions = [str(row[0]) for row in read_only_rows(harness.db_path, query)]
 
     harness.sink.hold(caller=harness.token, channel=HELD_CHANNEL, times=1)
     harness.services.llm  # the course LLM answers before the first model turn
@@ -454,6 +452,11 @@ async def run_scenario(harness: Lab06Harness, scenario: Scenario) -> None:
     scenario.attempts = harness.sink.attempts(caller=harness.token)
     scenario.deliveries = harness.sink.deliveries(caller=harness.token)
     scenario.db_after = fingerprint(harness.db_path)
+    # What the revenue query finds now. The same as before the runs, unless a write got through
+    # (write-refused reports that); then it is what is left, so that check alone reports it.
+    query = tool_calls_of(scenario.revenue.rule, "query_database")[0]["sql"]
+    with contextlib.suppress(sqlite3.Error):
+        scenario.expected_regions = [str(row[0]) for row in read_only_rows(harness.db_path, query)]
     histories = {}
     for run in (scenario.revenue, scenario.cleanup):
         run.history = await run.handle.fetch_history()
