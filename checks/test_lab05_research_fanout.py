@@ -4,11 +4,12 @@ crash mid-fan-out, and stays within its budget.
 Scenario, run once for the module against fresh real servers: the Temporal dev server, the course
 LLM and the course web (labkit.web, with each page's behaviour scripted and every fetch in its
 ledger). Five ResearchWorkflow runs at once, on two of the student's workers (real processes):
-  fanout  worker A. 5 pages: one takes 2.6 s, four take 0.8 s; at most 3 at a time. The LLM answers
-          its first summarize request with HTTP 500.
+  fanout  worker A. 5 pages: one takes 4 s (twice the heartbeat timeout), four take 1 s; at most 3 at a
+          time.
   hang    worker A. 4 pages; the first fetch of one page sends half the page and then stalls.
   budget  worker A. 3 pages, one answers 503 once; a budget too small for any summarize call.
   cancel  worker A. 1 page that takes 20 s; the workflow is cancelled while it downloads.
+  retry   worker A. 1 page; the LLM answers its first summarize request with HTTP 500.
   crash   worker K. 5 pages: two quick, three take 1.5 s. Once two are extracted and others are
           downloading, worker K is SIGKILLed and a new worker starts.
 Each check below reads its evidence from outside the student's processes: the Temporal history
@@ -62,7 +63,9 @@ MAX_PARALLEL = 3
 START_TO_CLOSE_S = 60.0  # the text's extract_content timeout: what a hang would cost without heartbeats
 
 # The scripted web (ms per page, in the search's rank order).
-FANOUT_SLOW_MS = [2600, 800, 800, 800, 800]
+# The slow page takes twice the heartbeat timeout: the server notices a missed heartbeat up to ~1 s late, so a
+# page only a little longer than 2 s can finish before a lone heartbeat's attempt is timed out.
+FANOUT_SLOW_MS = [4000, 1000, 1000, 1000, 1000]
 CRASH_SLOW_MS = [150, 150, 1500, 1500, 1500]
 HANG_OTHERS_MS = 300
 CANCEL_SLOW_MS = 20000
@@ -306,6 +309,7 @@ class Scenario:
     budget = property(lambda self: self.runs["budget"])
     cancelled = property(lambda self: self.runs["cancel"])
     crash = property(lambda self: self.runs["crash"])
+    retry = property(lambda self: self.runs["retry"])
 
     def require(self) -> Scenario:
         if self.failure is not None:
@@ -326,13 +330,14 @@ def make_runs(key: str) -> dict[str, Run]:
         "budget": run("budget", "urban heat islands", max_sources=3, budget_usd=TINY_BUDGET,
                       max_parallel=MAX_PARALLEL),
         "cancel": run("cancel", "sourdough bread", max_sources=1, max_parallel=MAX_PARALLEL),
+        "retry": run("retry", "fermentation", max_sources=1, max_parallel=MAX_PARALLEL),
         "crash": run("crash", "quantum error correction", max_sources=5, max_parallel=MAX_PARALLEL),
     }
 
 
 def summarize_reply() -> str:
     rules = tomllib.loads(course.COURSE_TOML.read_text())["llm"]["rules"]
-    return next(r["reply"] for r in rules if r["name"] == "lab05-summarize-qec")
+    return next(r["reply"] for r in rules if r["name"] == "lab05-summarize")
 
 
 class Workers(WorkerHarness):
@@ -382,7 +387,7 @@ class Lab05:
             self.web.set_behaviour(slug, caller=k, slow_ms=ms)
         self.services.llm.push_rules([{
             "name": f"lab05-fail-once-{self.key}",
-            "match": r"\[lab05 summarize\][^\n]*" + re.escape(s.fanout.marker),
+            "match": r"\[lab05 summarize\][^\n]*" + re.escape(s.retry.marker),
             "fail_first": 1, "fail_status": 500, "reply": summarize_reply(),
         }])
 
@@ -572,7 +577,7 @@ async def run_scenario(lab: Lab05, s: Scenario) -> None:
         run.handle = await client.start_workflow("ResearchWorkflow", run.request, id=run.workflow_id,
                                                  task_queue=run.harness.task_queue)
     await asyncio.gather(lab.crash(s), lab.cancel(s),
-                         *(lab.finish(s.runs[k], FINISH_S) for k in ("fanout", "hang", "budget")))
+                         *(lab.finish(s.runs[k], FINISH_S) for k in ("fanout", "hang", "budget", "retry")))
     await lab.collect(s)
     for worker in lab.a.workers + lab.k.workers:
         if worker.alive:
@@ -620,7 +625,7 @@ def scenario(lab_target, web_launched, forks, services, web, tmp_path_factory) -
 
 @pytest.mark.check("parallel-fan-out")
 def test_extractions_run_in_parallel(scenario, evidence):
-    """Given 5 pages (one 2.6 s, four 0.8 s) and max_parallel=3,
+    """Given 5 pages (one 4 s, four 1 s) and max_parallel=3,
     When the fanout run extracts them,
     Then their extract_content activities overlap in time (history timestamps), and the fan-out takes
     about as long as the slowest page, not the sum of all of them."""
@@ -671,7 +676,7 @@ def test_at_most_max_parallel_at_once(scenario, evidence):
 
 @pytest.mark.check("heartbeat-loop")
 def test_slow_page_keeps_heartbeating(scenario, evidence):
-    """Given a page that trickles in over 2.6 s, longer than the 2 s heartbeat timeout,
+    """Given a page that trickles in over 4 s, twice the 2 s heartbeat timeout,
     Then its extract_content completed on the first attempt: it heartbeat while bytes arrived."""
     s = scenario.require()
     run = s.fanout
@@ -693,7 +698,7 @@ def test_slow_page_keeps_heartbeating(scenario, evidence):
                      + (f"; attempt {act.attempt - 1}: {act.previous_kind or act.previous_failure[:80]}"
                         if act.previous_failure else "")
                      + (f"; last: {act.failure_kind or act.failure[:80]}" if act.failure else ""),
-            expected="completed on attempt 1: bytes arrived every 0.1 s for 2.6 s, and each chunk is progress",
+            expected="completed on attempt 1: bytes arrived every 0.1 s for 4 s, and each chunk is progress",
             revisit=REVISIT_HEARTBEAT)
 
 
@@ -913,7 +918,7 @@ def test_total_cost_matches_llm_usage(scenario, evidence):
     (a request that failed costs nothing)."""
     s = scenario.require()
     checked = []
-    for run in (s.fanout, s.hang, s.crash):
+    for run in (s.fanout, s.hang, s.crash, s.retry):
         result = run.needed("cost-from-usage")
         spent = sum(price_of(e) for e in run.llm_calls)
         total = field_of(result, "total_cost", None)
@@ -936,7 +941,7 @@ def test_total_cost_matches_llm_usage(scenario, evidence):
 
 @pytest.mark.check("temporal-owns-retries")
 def test_failures_visible_to_temporal(scenario, evidence):
-    """Given one page that answers 503 once (budget run) and an LLM that answers 500 once (fanout run),
+    """Given one page that answers 503 once (budget run) and an LLM that answers 500 once (retry run),
     Then each failure is a failed attempt in the history (the activity completed on attempt 2), not a
     retry hidden inside the activity."""
     s = scenario.require()
@@ -955,10 +960,10 @@ def test_failures_visible_to_temporal(scenario, evidence):
             expected="attempt 1 fails with the 503 (response.raise_for_status()), attempt 2 completes",
             revisit="Let the activity fail and Temporal retry it: no retry loop or retrying transport in the "
                     "activity, so every failure is in the history, with its backoff, where you can see it.")
-    fanout = s.fanout
-    fanout.needed("temporal-owns-retries")
-    summarize = [a for a in fanout.acts if a.name == "llm_summarize"]
-    statuses = [c.status for c in fanout.llm_calls]
+    retried = s.retry
+    retried.needed("temporal-owns-retries")
+    summarize = [a for a in retried.acts if a.name == "llm_summarize"]
+    statuses = [c.status for c in retried.llm_calls]
     evidence.update(page_attempts=act.attempt, llm_attempts=summarize[-1].attempt if summarize else 0)
     if not summarize or summarize[-1].attempt != 2 or statuses != [500, 200]:
         hidden = summarize and summarize[-1].attempt == 1 and statuses[:1] == [500]

@@ -32,7 +32,7 @@ VARIANTS = [
     Variant("no_cap", changed=("workflows.py",), fails={
         "concurrency-cap": ("extract_content activities ran at once; the request's max_parallel is 3",),
     }),
-    # One heartbeat, then a plain GET: the 2.6 s page times out twice although bytes kept coming, and
+    # One heartbeat, then a plain GET: the 4 s page times out twice although bytes kept coming, and
     # the cancellation never reaches the activity (it learns of it only from a heartbeat's answer).
     Variant("single_heartbeat", changed=("activities.py",), fails={
         "heartbeat-loop": ("timed out on its heartbeat although it was downloading all along",),
