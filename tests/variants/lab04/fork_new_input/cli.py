@@ -51,7 +51,8 @@ def show_state(app, config: dict) -> None:
     else:
         print("\nFINISHED: nothing left to run.")
     if "review" in snapshot.next:
-        print(f"Approve it from any terminal:  python -m {__package__}.cli approve --thread {thread} "
+        pause = " --pause interrupt" if snapshot.interrupts else ""
+        print(f"Approve it from any terminal:  python -m {__package__}.cli approve --thread {thread}{pause} "
               f"[--summary 'edited text']")
 
 
