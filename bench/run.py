@@ -9,6 +9,10 @@
 - `lab check 05 --solution`, wall time. Floor: the crash run's 2 s heartbeat timeout + 1 s retry
   backoff + 1.5 s to download the cut-off pages again + about 0.5 s to reach the kill, plus the
   service start. Target: median <= 15 s (issue 6).
+- `lab check 06 --solution`, wall time. Floor: send_notification's 5 s start_to_close_timeout that
+  the crash must wait out (the worker dies mid-send) + 1 s retry interval + about 1 s to reach the
+  held send (two model turns, a query, the post), plus the service start. Target: median <= 15 s
+  (issue 7).
 - `make test` (the environment already built). Target: <= 5 minutes.
 Results are appended to bench/results.jsonl.
 """
@@ -33,6 +37,7 @@ from labkit.services import CourseLLM, TemporalServer  # noqa: E402
 
 BACKOFF_S = 2.0
 LAB05_FLOOR_S = 2.0 + 1.0 + 1.5 + 0.5  # heartbeat timeout + retry backoff + re-download + reaching the kill
+LAB06_FLOOR_S = 5.0 + 1.0 + 1.0  # the interrupted send's timeout + retry interval + reaching the held send
 
 
 def service_start_s() -> float:
@@ -83,6 +88,14 @@ def main() -> None:
         walls05.append(wall)
     rows.append(("lab check 05 --solution (wall)", statistics.median(walls05),
                  LAB05_FLOOR_S + statistics.median(starts), 15.0, walls05))
+    walls06 = []
+    for _ in range(args.check_runs):
+        wall, out, code = timed([lab, "check", "06", "--solution"])
+        if code != 0:
+            sys.exit(f"lab check 06 --solution failed:\n{out}")
+        walls06.append(wall)
+    rows.append(("lab check 06 --solution (wall)", statistics.median(walls06),
+                 LAB06_FLOOR_S + statistics.median(starts), 15.0, walls06))
     if not args.skip_make_test:
         tests = []
         for _ in range(args.test_runs):
