@@ -362,9 +362,9 @@ class Lab05:
     def __init__(self, target, services, web, workdir: Path, key: str, forks: prefork.ForkServer | None):
         self.services, self.web, self.key = services, web, key
         self.a = Workers(target, services, workdir / "a", lab=LAB, key=f"a-{key}", wait_for_llm=False,
-                         forks=forks, LAB05_WEB_URL=web.url_for(f"lab-a-{key}"))
+                         forks=forks, COURSE_WEB_URL=web.url_for(f"lab-a-{key}"))
         self.k = Workers(target, services, workdir / "k", lab=LAB, key=f"k-{key}", wait_for_llm=False,
-                         forks=forks, LAB05_WEB_URL=web.url_for(f"lab-k-{key}"))
+                         forks=forks, COURSE_WEB_URL=web.url_for(f"lab-k-{key}"))
         self.replay: ReplaySet | None = None
         self.client: Client | None = None
 

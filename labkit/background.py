@@ -23,11 +23,13 @@ import psutil
 from . import postgres
 from .course import COURSE_TOML
 from .services import CourseLLM, ServiceError, TemporalServer, port_open
+from .sink import NotificationSink
 from .web import CourseWeb, WebError
 from .state import STATE_DIR
 
 TEMPORAL_PORT, TEMPORAL_UI_PORT, LLM_PORT = 7233, 8233, 8300
 WEB_PORT = 8310  # the course web (labkit.web): labs 04 and 05 search and fetch there
+SINK_PORT = 8320  # the notification sink (labkit.sink): lab 06's chat service
 REGISTRY = STATE_DIR / "services.json"
 OWN_TEMPORAL = f"localhost:{TEMPORAL_PORT}"  # TEMPORAL_ADDRESS naming these is not "another server"
 STUDENT_KEY = "lab-student"
@@ -40,6 +42,8 @@ def student_env() -> dict[str, str]:
         "OPENAI_BASE_URL": f"http://127.0.0.1:{LLM_PORT}/v1",
         "OPENAI_API_KEY": STUDENT_KEY,
         "DATABASE_URL": os.environ.get("DATABASE_URL", postgres.up_url()),
+        "COURSE_WEB_URL": f"http://127.0.0.1:{WEB_PORT}",
+        "LAB06_NOTIFY_URL": f"http://127.0.0.1:{SINK_PORT}/api/messages",
     }
 
 
@@ -69,6 +73,7 @@ def up() -> Iterator[str]:
     wanted.append(("llm", lambda: CourseLLM(STATE_DIR, rules_files=[COURSE_TOML], port=LLM_PORT,
                                             detached=True), [LLM_PORT]))
     wanted.append(("web", lambda: CourseWeb(STATE_DIR, port=WEB_PORT, detached=True), [WEB_PORT]))
+    wanted.append(("sink", lambda: NotificationSink(STATE_DIR, port=SINK_PORT, detached=True), [SINK_PORT]))
     started = []
     for name, make, ports in wanted:
         if name in registry and _running(registry[name]):

