@@ -30,7 +30,7 @@ demo: setup
 	$(BIN)/lab demo 01 --no-ui
 
 test: setup
-	$(BIN)/python -m pytest tests -q -n 4
+	$(BIN)/python -m pytest tests -q -n 3
 
 up: setup
 	$(BIN)/lab up

@@ -200,10 +200,14 @@ class ForkServer:
     def __init__(self, workdir, preload: list[str], env: dict[str, str] | None = None):
         from pathlib import Path
 
+        import tempfile
+
         self.workdir = Path(workdir)
         self.preload = list(preload)
         self.env = env
-        self.socket_path = str(self.workdir / "prefork.sock")
+        # A unix socket path must fit in ~104 bytes; pytest's temp dirs can be longer.
+        self._socket_dir = tempfile.mkdtemp(prefix="lab-fork-")
+        self.socket_path = os.path.join(self._socket_dir, "sock")
         self.process = None
 
     def launch(self) -> ForkServer:
@@ -249,9 +253,12 @@ class ForkServer:
         return child
 
     def stop(self) -> None:
+        import shutil
+
         if self.process is not None:
             self.process.stop(grace=2)
             self.process = None
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 def enabled() -> bool:
