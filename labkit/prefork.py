@@ -44,8 +44,8 @@ def _serve(sock_path: str, preload: list[str]) -> dict | None:
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_path + ".tmp")
+    listener.listen(64)  # before the rename: a client that sees the path must find it listening
     os.rename(sock_path + ".tmp", sock_path)  # appears only once the preloads are done
-    listener.listen(64)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}
