@@ -1,7 +1,7 @@
 """`lab`: the course's command line, a thin layer over pytest and labkit (modelled on rustlings).
 
     lab list | lab up | lab down | lab doctor
-    lab check NN [--path DIR | --solution]
+    lab check NN [--path DIR | --solution] [--repeat N]
     lab hint NN      lab demo NN
     lab watch NN     lab reset NN     lab solution NN      (students)
     lab grade SUBMISSIONS                                  (instructors)
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,8 @@ def check(
     path: Optional[Path] = typer.Option(None, "--path", help="grade this folder instead of labs/<lab>"),
     solution: bool = typer.Option(False, "--solution", help="grade the reference solution"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show pytest's own output"),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="run the whole check N times and summarise "
+                               "(a flake hunt: a check must pass every time)"),
 ) -> None:
     """Run a lab's autograder: one line per check, and what to fix when one fails."""
     lab = find_lab(lab_id)
@@ -139,6 +142,8 @@ def check(
         raise typer.Exit(2)
     args = ["--solution"] if solution else ["--lab-path", str(target)]
     shown = target.relative_to(REPO) if target.is_relative_to(REPO) else target
+    if repeat > 1:
+        raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose))
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown} … this takes a few seconds")
     started = time.monotonic()
     records = run_checks(lab, args, verbose)
@@ -158,6 +163,38 @@ def check(
     elif not all_passed and not solution:
         console.print(f"Stuck? [bold]lab hint {lab.id}[/bold] shows one more hint each time.")
     raise typer.Exit(0 if all_passed else 1)
+
+
+def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: int, verbose: bool) -> int:
+    """Run the whole check `runs` times: one line per run, then a summary a flake hunt can quote."""
+    console.print(f"checking lab {lab.id} ({lab.title}) on {shown}, {runs} runs … a flake hunt: "
+                  "every run must pass")
+    durations: list[float] = []
+    failures: dict[str, list[int]] = {}
+    first_message: dict[str, str] = {}
+    for number in range(1, runs + 1):
+        started = time.monotonic()
+        records = run_checks(lab, target_args, verbose)
+        durations.append(time.monotonic() - started)
+        failed = [r for r in records if r["outcome"] != "passed" and not r.get("blocked")]
+        if not records:
+            failed = [{"check": "(no checks ran)", "message": "pytest reported no checks"}]
+        for record in failed:
+            failures.setdefault(record["check"], []).append(number)
+            first_message.setdefault(record["check"], record.get("message", ""))
+        verdict = "[green]passed[/green]" if not failed else \
+            "[red]FAILED[/red] " + ", ".join(r["check"] for r in failed)
+        console.print(f"run {number:>{len(str(runs))}}/{runs} {verdict} {durations[-1]:.1f}s")
+    failed_runs = len({run for runs_of in failures.values() for run in runs_of})
+    median = statistics.median(durations)
+    colour = "green" if not failed_runs else "red"
+    console.print(f"[{colour}]lab {lab.id} --repeat {runs}: {runs - failed_runs}/{runs} runs passed, "
+                  f"{failed_runs} failed[/{colour}]; median {median:.1f}s, min {min(durations):.1f}s, "
+                  f"max {max(durations):.1f}s")
+    for name, numbers in failures.items():
+        console.print(f"  {name} failed in run(s) {', '.join(map(str, numbers))}; the first time it said:")
+        console.print(first_message[name], markup=False)
+    return 0 if not failed_runs else 1
 
 
 @app.command()

@@ -53,6 +53,18 @@ def test_check_on_the_solution_passes_with_evidence(tmp_path):
     assert "llm_calls_a=1" in out.stdout and "restarts=1" in out.stdout
 
 
+def test_repeat_runs_the_check_n_times_and_summarises_the_failures(tmp_path):
+    """Given the starter (which fails), When `lab check 01 --repeat 2` runs,
+    Then each run gets a line, the summary counts the failed runs and shows the first message once."""
+    out = lab("check", "01", "--repeat", "2", home=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "run 1/2 FAILED crash-resume" in out.stdout and "run 2/2 FAILED crash-resume" in out.stdout
+    assert "lab 01 --repeat 2: 0/2 runs passed, 2 failed; median" in out.stdout
+    assert "crash-resume failed in run(s) 1, 2" in out.stdout
+    assert out.stdout.count("Not implemented yet: TODO(lab01)") == 1
+    assert "Traceback" not in out.stdout
+
+
 def test_doctor_reports_the_machine(tmp_path):
     out = lab("doctor", home=tmp_path)
     assert "temporal CLI" in out.stdout and "temporalio" in out.stdout
