@@ -290,6 +290,25 @@ class PostgresServer(_Databases):
         raise ServiceError(f"PostgreSQL did not become ready on {HOST}:{self.port} within {timeout:.0f} s "
                            f"(log {self.log_path})")
 
+    def halt(self, timeout: float = 15) -> None:
+        """Stop the server with a "fast" shutdown (sessions are cut, committed rows stay) and keep
+        its data directory and port: `start()` brings the same database back on the same port."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+            if self.process.wait(timeout) is None:
+                self.process.kill()
+            self.process.stop(grace=1)  # reap it and close its log
+            self.process = None
+        self.ready = False
+
+    def restart(self, timeout: float = 30) -> PostgresServer:
+        """`pg_ctl restart` in fast mode: halt(), then start again on the same port with the same data.
+        Clients holding a connection lose it; new connections work once this returns."""
+        self.wait_ready(timeout)
+        self.halt()
+        return self.start(timeout)
+
     def stop(self) -> None:
         """Throwaway: SIGKILL the whole tree and delete the data. Kept: a clean "fast" shutdown."""
         if self._initdb is not None:

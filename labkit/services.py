@@ -120,6 +120,15 @@ class TemporalServer:
             else:
                 self.process.stop(grace=10)
 
+    def restart(self, timeout: float = 30) -> TemporalServer:
+        """Stop the server and start it again on the same ports (what an operator's restart does).
+
+        With a db_file the new server carries on every workflow, timer and task; in memory it
+        starts empty. Clients and workers are not told: they see the port refuse, then answer.
+        """
+        self.stop()
+        return self.start(timeout)
+
 
 async def temporal_ready(address: str) -> bool:
     from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
@@ -143,6 +152,8 @@ class CourseLLM:
     ready: bool = False
     # Known only to this object and the server (its environment): student code cannot push rules.
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    # Rules pushed at run time live in the server's memory: kept here so a restart can push them again.
+    pushed_rules: list[dict] = field(default_factory=list, repr=False)
 
     def admin_headers(self) -> dict[str, str]:
         from .llm.admin import HEADER
@@ -196,6 +207,8 @@ class CourseLLM:
             try:
                 if httpx.get(f"http://{HOST}:{self.port}/_health", timeout=0.5).status_code == 200:
                     self.ready = True
+                    if self.pushed_rules:  # a restarted server: same rules as before it stopped
+                        self._post_rules(self.pushed_rules)
                     return self
             except httpx.HTTPError:
                 pass
@@ -204,6 +217,12 @@ class CourseLLM:
         raise ServiceError(f"the course LLM did not answer on port {self.port} within {timeout:.0f} s")
 
     def push_rules(self, rules: list[dict]) -> None:
+        self._post_rules(rules)
+        names = {rule.get("name") for rule in rules}
+        # The same order the server keeps: the latest push first, a re-pushed name replaced.
+        self.pushed_rules = list(rules) + [r for r in self.pushed_rules if r.get("name") not in names]
+
+    def _post_rules(self, rules: list[dict]) -> None:
         response = httpx.post(f"http://{HOST}:{self.port}/_rules", json={"rules": rules}, timeout=5,
                               headers=self.admin_headers())
         if response.status_code != 200:
@@ -212,6 +231,13 @@ class CourseLLM:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        self.ready = False  # a later start() must wait for the new process, not trust the old one
+
+    def restart(self, timeout: float = 20) -> CourseLLM:
+        """Stop the server and start it again on the same port, with the same ledger file (which
+        the new process loads), admin token and rules, the pushed ones included."""
+        self.stop()
+        return self.start(timeout)
 
 
 @dataclass
