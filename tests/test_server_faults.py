@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
 from temporalio.client import Client
 
-from lab_stack import Lab01Stack, analyze_input, attempts, started_last_failures, wait_for
-from labkit import temporal
-from labkit.services import port_open
+from lab_stack import Lab01Stack, analyze_input, attempts, graded_copy, started_last_failures, wait_for
+from labkit import course, postgres, proc, temporal
+from labkit.services import CourseLLM, port_open
+from procs import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -152,3 +155,83 @@ async def llm_outage_mid_workflow(stack: Lab01Stack) -> dict:
     assert len(rows) == 1 and rows[0][0] == result, f"observed rows {rows}; expected one row with id {result}"
     return {"first_failure": refused.last_failure, "call_llm_attempt": call_attempt,
             "last_failure": failures[-1][:160], "llm_back_to_done_s": round(done_s, 2)}
+
+
+NODE_TAG = re.compile(r"\[lab03 node=(\w+)\]")
+SLOW_TRANSFORM_S = 2.5  # transform's LLM call is open while PostgreSQL restarts (~0.5 s)
+
+
+def test_graph_resumes_after_a_postgres_restart_rerunning_only_the_node_in_flight(tmp_path):
+    """Given Lab 03's solution running its graph (fetch -> transform -> report, durability "sync")
+      on a PostgreSQL checkpointer, and transform's LLM call still open,
+    When PostgreSQL is restarted on the same port (fast shutdown, same data),
+    Then the run's process fails on its lost connection when it writes transform's checkpoint
+      (the lab's saver holds one connection and does not reconnect), the thread keeps the
+      checkpoints up to fetch (steps -1, 0, 1), `resume` completes it to the 5 checkpoints of a
+      finished 3-node thread, and the ledger shows fetch and report called once, transform twice
+      (the node in flight, re-run on resume), nothing else."""
+    pg = postgres.PostgresServer(tmp_path / "pg")
+    llm = CourseLLM(tmp_path / "llm", rules_files=[course.COURSE_TOML])
+    runs: list[proc.ManagedProcess] = []
+    try:
+        for server in (pg, llm):
+            server.launch()
+        url = pg.wait_ready().create_database("pg_restart")
+        llm.wait_ready().push_rules([{"name": "slow-transform", "match": r"\[lab03 node=transform\]",
+                                      "latency_ms": int(SLOW_TRANSFORM_S * 1000), "reply": "Late, then fixed."}])
+        target = graded_copy("03", tmp_path)
+        key, thread = f"lab-pg-restart-{uuid.uuid4().hex[:6]}", f"thread-{uuid.uuid4().hex[:6]}"
+        env = target.python_env(DATABASE_URL=url, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY=key)
+
+        def cli(*args: str) -> proc.ManagedProcess:
+            runs.append(proc.start([sys.executable, "-m", target.module("cli"), *args, "--thread", thread],
+                                   name=args[0], log_path=tmp_path / f"{args[0]}.log", env=env, cwd=tmp_path))
+            return runs[-1]
+
+        def nodes_called() -> list[str]:
+            return [NODE_TAG.search(e.prompt).group(1) for e in llm.ledger().entries(caller=key)]
+
+        run = cli("run")
+        assert wait_until(lambda: "transform" in nodes_called() or not run.alive, 30), \
+            f"observed: transform never called the LLM; run log:\n{run.output()[-2000:]}"
+        assert run.alive, f"observed: the run ended before the restart; log:\n{run.output()[-2000:]}"
+        restart_began = time.monotonic()
+        pg.restart()
+        back_s = time.monotonic() - restart_began
+        run_code = run.wait(30)
+        died_s = time.monotonic() - restart_began
+        assert run_code not in (0, None), f"observed: the run exited {run_code} after the restart; expected a failure"
+        assert "OperationalError" in run.output(), f"observed log:\n{run.output()[-2000:]}\nexpected psycopg's OperationalError"
+        after_crash = checkpoint_steps(url, thread)
+        assert after_crash == [-1, 0, 1], f"observed checkpoint steps {after_crash}; expected [-1, 0, 1] (up to fetch)"
+
+        resume = cli("resume")
+        resume_code = resume.wait(60)
+        assert resume_code == 0, f"observed: resume exited {resume_code}; log:\n{resume.output()[-2000:]}"
+        finished = checkpoint_steps(url, thread)
+        assert finished == [-1, 0, 1, 2, 3], f"observed checkpoint steps {finished}; expected [-1, 0, 1, 2, 3]"
+        calls = Counter(nodes_called())
+        assert calls == {"fetch": 1, "transform": 2, "report": 1}, \
+            f"observed LLM calls per node {dict(calls)}; expected fetch 1, transform 2 (in flight, re-run), report 1"
+    finally:
+        for run in runs:
+            run.stop()
+        llm.stop()
+        pg.stop()
+    print(f"\nmeasured: postgres restart {back_s:.2f} s; run exit {run_code} {died_s:.2f} s after the restart "
+          f"began; error: {error_line(runs[0].output())}")
+
+
+def checkpoint_steps(url: str, thread: str) -> list[int]:
+    """The thread's checkpoints as plain SQL sees them, oldest first (their metadata's step)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT (metadata->>'step')::int FROM checkpoints WHERE thread_id = %s "
+                            "AND checkpoint_ns = '' ORDER BY checkpoint_id", (thread,)).fetchall()
+    return [step for (step,) in rows]
+
+
+def error_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if "Error" in line]
+    return lines[-1][:200] if lines else "(none)"
