@@ -139,20 +139,22 @@ class _Databases:
     def create_database(self, name: str) -> str:
         """A new empty database (dropped first if it exists); returns its URL."""
         import psycopg
+        from psycopg import sql
 
-        name = _check_name(name)
+        name = _check_name(name)  # and quoted by sql.Identifier: a name cannot be a bound parameter
         self.wait_ready()
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.__dict__.setdefault("_created", []).append(name)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{_check_name(name)}" WITH (FORCE)')
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(_check_name(name))))
 
 
 @dataclass

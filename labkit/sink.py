@@ -173,21 +173,17 @@ class SinkStore:
                 db.execute("UPDATE attempts SET caller_gone = 1 WHERE id = ?", (attempt_id,))
 
     def attempt(self, attempt_id: int) -> Attempt:
-        (found,) = self.attempts(where=("id = ?", [attempt_id]))
+        (found,) = self.attempts(attempt_id=attempt_id)
         return found
 
-    def attempts(self, caller: str | None = None, since_id: int = 0, *, where=None) -> list[Attempt]:
-        query = ("SELECT id, at, caller, channel, text, key, outcome, delivery_id, held, answered_at, caller_gone "
-                 "FROM attempts WHERE id > ?")
-        params: list[Any] = [since_id]
-        if caller is not None:
-            query += " AND caller = ?"
-            params.append(caller)
-        if where is not None:
-            query += f" AND {where[0]}"
-            params += where[1]
+    def attempts(self, caller: str | None = None, since_id: int = 0, *,
+                 attempt_id: int | None = None) -> list[Attempt]:
+        # One fixed statement: a filter given as None matches every row (no SQL built from values).
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY id", params).fetchall()
+            rows = db.execute(
+                "SELECT id, at, caller, channel, text, key, outcome, delivery_id, held, answered_at, caller_gone "
+                "FROM attempts WHERE id > ? AND (? IS NULL OR caller = ?) AND (? IS NULL OR id = ?) ORDER BY id",
+                (since_id, caller, caller, attempt_id, attempt_id)).fetchall()
         return [Attempt(id=r[0], at=r[1], caller=r[2], channel=r[3], text=r[4], key=r[5], outcome=r[6],
                         delivery_id=r[7], held=bool(r[8]), answered_at=r[9], caller_gone=bool(r[10]))
                 for r in rows]

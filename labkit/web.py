@@ -231,23 +231,30 @@ class WebLedger:
             db.execute("COMMIT")
             return int(cursor.lastrowid), int(seen) + 1
 
+    UPDATABLE = ("status", "fault", "outcome", "bytes", "finished_at", "results")
+
     def update(self, row: int, **values: Any) -> None:
+        unknown = sorted(set(values) - set(self.UPDATABLE))
+        if unknown:
+            raise ValueError(f"the web ledger does not update {unknown}")
         if "results" in values:
             values["results"] = json.dumps(values["results"])
-        columns = ", ".join(f"{name} = ?" for name in values)
+        # One fixed statement (no SQL built from names): a column not given keeps its value.
+        params = [part for column in self.UPDATABLE for part in (column in values, values.get(column))]
         with self._connect() as db:
-            db.execute(f"UPDATE requests SET {columns} WHERE id = ?", (*values.values(), row))
+            db.execute("UPDATE requests SET status = CASE WHEN ? THEN ? ELSE status END, "
+                       "fault = CASE WHEN ? THEN ? ELSE fault END, outcome = CASE WHEN ? THEN ? ELSE outcome END, "
+                       "bytes = CASE WHEN ? THEN ? ELSE bytes END, "
+                       "finished_at = CASE WHEN ? THEN ? ELSE finished_at END, "
+                       "results = CASE WHEN ? THEN ? ELSE results END WHERE id = ?", (*params, row))
 
     def entries(self, caller: str | None = None, kind: str | None = None, slug: str | None = None,
                 since_id: int = 0) -> list[WebEntry]:
-        query = "SELECT * FROM requests WHERE id > ?"
-        params: list[Any] = [since_id]
-        for column, value in (("caller", caller), ("kind", kind), ("slug", slug)):
-            if value is not None:
-                query += f" AND {column} = ?"
-                params.append(value)
+        # One fixed statement: a filter given as None matches every row.
         with self._connect() as db:
-            rows = db.execute(query + " ORDER BY id", params).fetchall()
+            rows = db.execute("SELECT * FROM requests WHERE id > ? AND (? IS NULL OR caller = ?) "
+                              "AND (? IS NULL OR kind = ?) AND (? IS NULL OR slug = ?) ORDER BY id",
+                              (since_id, caller, caller, kind, kind, slug, slug)).fetchall()
         return [WebEntry(id=r[0], at=r[1], caller=r[2], kind=r[3], slug=r[4], query=r[5], status=r[6],
                          fault=r[7], outcome=r[8], bytes=r[9], finished_at=r[10],
                          results=json.loads(r[11]) if r[11] else [])
