@@ -1,0 +1,38 @@
+"""What every sweep scenario needs: a graded copy of the lab folder and a slower course LLM.
+
+The copy is made the way the checks make theirs (labkit.pytest_plugin.make_target), so the
+sweep runs exactly the code `lab check --solution` grades, and never writes into solutions/.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from labkit import course
+from labkit.llm.rules import RuleBook
+from labkit.pytest_plugin import COPY_IGNORE, LabTarget
+
+
+def graded_copy(lab_id: str, workdir: Path, source: Path | None = None) -> LabTarget:
+    """The lab folder (default: its reference solution) copied under workdir, importable by its slug."""
+    lab = course.load().lab(lab_id)
+    source = Path(source).resolve() if source else lab.solution_dir
+    if not source.is_dir():
+        raise SystemExit(f"no lab folder at {source}")
+    root = Path(workdir) / "graded"
+    shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE, dirs_exist_ok=True)
+    (root / lab.slug / "__init__.py").touch()
+    return LabTarget(lab=lab, source=source, root=root, name=lab.slug)
+
+
+def with_latency(rule_names: list[str], latency_ms: int) -> list[dict]:
+    """The course's own rules, same replies, answered `latency_ms` later: a kill can then land
+    while a call is in flight (the ledger records the request on arrival, before the wait)."""
+    book = RuleBook.from_file(course.COURSE_TOML)
+    found = {rule.name: rule for rule in book.rules}
+    missing = [name for name in rule_names if name not in found]
+    if missing:
+        raise SystemExit(f"course.toml has no LLM rule named {', '.join(missing)}")
+    return [found[name].model_copy(update={"latency_ms": latency_ms}).model_dump(exclude_defaults=True)
+            for name in rule_names]

@@ -1,0 +1,212 @@
+"""Lab 01 crash sweep: AnalyzeWorkflow runs survive a worker SIGKILLed at random moments.
+
+Per trial: a fresh task queue, LLM key and SQLite file; one worker (forked from a warm
+interpreter, like the Lab 05 check's); `subjects` AnalyzeWorkflow runs started `start_gap_s`
+apart, so the kills find them in different places (the LLM call, parse_json's deliberate
+first-attempt failure and its 2 s backoff, save_to_db, between workflow tasks).
+
+Logical LLM call: call_llm of one workflow = the ledger entries under the trial's key whose
+prompt carries that workflow's marker; recorded = call_llm's ActivityTaskCompleted in history.
+Invariants verified at the end: every workflow COMPLETED; exactly one `analysis` row per
+workflow id, and it is the workflow's result; no row for anything else; the history records
+call_llm, parse_json and save_to_db each completed once; no LLM call outside a workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+
+from labkit import course, prefork, proc
+from labkit.harness import WorkerHarness
+from labkit.pytest_plugin import Services
+from labkit.services import CourseLLM, TemporalServer
+from labkit.sweep import LogicalCall, Violation
+
+from .common import graded_copy, with_latency
+from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, landing, release_dead_worker
+
+PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
+           "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
+ACTIVITIES = ["call_llm", "parse_json", "save_to_db"]
+
+
+class ForkedWorkers(WorkerHarness):
+    """labkit's worker harness, its workers forked from the warm interpreter when one runs."""
+
+    def __init__(self, *args, forks: prefork.ForkServer | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forks = forks
+
+    def start_worker(self):
+        if self.forks is None:
+            return super().start_worker()
+        n = len(self.workers) + 1
+        worker = self.forks.start(self.target.module("worker"), [], name=f"worker{n}",
+                                  log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
+        self.workers.append(worker)
+        return worker
+
+
+class Sweep:
+    lab = "01"
+
+    def __init__(self, workdir: Path, subjects: int = 4, path: Path | None = None, latency_ms: int = 400,
+                 start_gap_s: float = 0.7, kill_window: tuple[float, float] = (0.3, 2.5),
+                 finish_timeout_s: float = 60.0):
+        self.workdir, self.subjects, self.path = Path(workdir), subjects, path
+        self.latency_ms, self.start_gap_s, self.kill_window = latency_ms, start_gap_s, kill_window
+        self.finish_timeout_s = finish_timeout_s
+        self.run_id = uuid.uuid4().hex[:6]
+        self.attempts_failed_for_dead_workers = 0
+
+    # --- the sweep's servers ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.target = graded_copy(self.lab, self.workdir, self.path)
+        state = self.workdir / "services"
+        self.temporal = TemporalServer(state, ui_port=None)
+        self.llm = CourseLLM(state, rules_files=[course.COURSE_TOML])
+        self.forks = prefork.ForkServer(self.workdir, PRELOAD, env=self.target.python_env()) \
+            if prefork.enabled() else None
+        for server in filter(None, (self.temporal, self.llm, self.forks)):
+            server.launch()
+        await asyncio.to_thread(self.temporal.wait_ready)
+        await asyncio.to_thread(self.llm.wait_ready)
+        self.llm.push_rules(with_latency(["analysis"], self.latency_ms))
+        if self.forks is not None:
+            await asyncio.to_thread(self.forks.wait_ready)
+        self.services = Services(temporal_address=self.temporal.address, course_llm=self.llm,
+                                 temporal=self.temporal)
+        self.client = await Client.connect(self.temporal.address)
+
+    async def stop(self) -> None:
+        for server in filter(None, (getattr(self, "forks", None), getattr(self, "llm", None),
+                                    getattr(self, "temporal", None))):
+            server.stop()
+
+    # --- one trial ----------------------------------------------------------------------------------
+
+    async def begin_trial(self, trial: int, gate: asyncio.Event) -> None:
+        key = f"sweep-{self.run_id}-t{trial}"
+        workdir = self.workdir / f"trial{trial}"
+        self.db_path = workdir / "lab01.sqlite"
+        self.harness = ForkedWorkers(self.target, self.services, workdir, lab=self.lab, key=key,
+                                     forks=self.forks, LAB01_DATABASE_URL=f"sqlite:///{self.db_path}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.plan = {f"analyze-{key}-w{i}": f"[sweep {key} w{i}]" for i in range(self.subjects)}
+        self.handles: dict[str, WorkflowHandle] = {}
+        self.results: dict[str, object] = {}
+        self.identities: set[str] = set()
+        self.gate, self.feed = gate, None
+        self.harness.start_worker()
+
+    async def wait_ready(self) -> None:
+        worker = self.harness.workers[-1]
+        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
+        if self.feed is None:  # the first worker polls: start the runs, staggered
+            self.feed = asyncio.create_task(self._start_runs())
+
+    async def _start_runs(self) -> None:
+        for n, (workflow_id, marker) in enumerate(self.plan.items()):
+            if n:
+                await asyncio.sleep(self.start_gap_s)
+            await self.gate.wait()
+            prompt = (f"Analyze this customer review {marker}: the parcel came two days late, "
+                      "but support sorted it out in minutes.")
+            self.handles[workflow_id] = await self.client.start_workflow(
+                "AnalyzeWorkflow", {"prompt": prompt}, id=workflow_id, task_queue=self.harness.task_queue,
+                task_timeout=WORKFLOW_TASK_TIMEOUT)
+
+    def processes(self) -> list[proc.ManagedProcess]:
+        return [self.harness.workers[-1]]
+
+    async def landings(self) -> list[str]:
+        found = []
+        for workflow_id in self.plan:
+            handle = self.handles.get(workflow_id)
+            found.append(await landing(handle) if handle else "workflow not started yet")
+        return found
+
+    async def after_kill(self) -> None:
+        for handle in list(self.handles.values()):
+            self.attempts_failed_for_dead_workers += await release_dead_worker(self.client, handle)
+
+    async def recorded(self) -> set[str]:
+        return {f"{workflow_id}/call_llm" for workflow_id, handle in list(self.handles.items())
+                if "call_llm" in await completed_activities(handle)}
+
+    async def restart(self) -> None:
+        self.harness.start_worker()
+
+    async def finish(self) -> None:
+        deadline = time.monotonic() + self.finish_timeout_s
+        await asyncio.wait_for(self.feed, timeout=self.finish_timeout_s)
+        for workflow_id, handle in self.handles.items():
+            try:
+                self.results[workflow_id] = await asyncio.wait_for(handle.result(),
+                                                                   max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.results[workflow_id] = TimeoutError(f"not finished within {self.finish_timeout_s:.0f} s "
+                                                         "of the last restart")
+            except Exception as err:  # the workflow failed: verify() reports it
+                self.results[workflow_id] = err
+
+    async def logical_calls(self) -> list[LogicalCall]:
+        entries = self.llm.ledger().entries(caller=self.harness.api_key)
+        self.strays = [e for e in entries if not any(marker in e.prompt for marker in self.plan.values())]
+        return [LogicalCall(key=f"{workflow_id}/call_llm", subject=workflow_id, successor=None,
+                            entries=[(e.at, e.status) for e in entries if marker in e.prompt])
+                for workflow_id, marker in self.plan.items()]
+
+    async def verify(self, trial: int) -> list[Violation]:
+        found = []
+        rows = self._rows()
+        for workflow_id in self.plan:
+            result = self.results.get(workflow_id, "never started")
+            if not isinstance(result, int):
+                found.append(Violation(trial, workflow_id, "workflow lost", f"{type(result).__name__}: {result}",
+                                       "AnalyzeWorkflow COMPLETED, returning its row id"))
+                continue
+            mine = [row_id for row_id, owner in rows if owner == workflow_id]
+            if mine != [result]:
+                found.append(Violation(trial, workflow_id, "not exactly one database row for the run",
+                                       f"rows {mine} in table analysis, workflow result {result}",
+                                       f"exactly one row, id {result}"))
+            runs = await completed_activities(self.handles[workflow_id])
+            if runs != set(ACTIVITIES):
+                found.append(Violation(trial, workflow_id, "activities not each completed once in history",
+                                       f"completed: {sorted(runs)}", f"completed: {ACTIVITIES}"))
+        strangers = [(row_id, owner) for row_id, owner in rows if owner not in self.plan]
+        if strangers:
+            found.append(Violation(trial, "table analysis", "rows for no workflow of the trial",
+                                   f"{strangers}", "one row per workflow of the trial, nothing else"))
+        if self.strays:
+            found.append(Violation(trial, "course LLM", "LLM calls outside any workflow",
+                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r}",
+                                   "every request carries the prompt of one of the trial's workflows"))
+        return found
+
+    def _rows(self) -> list[tuple[int, str]]:
+        if not self.db_path.exists():
+            return []
+        with sqlite3.connect(self.db_path) as db:
+            try:
+                return db.execute("SELECT id, workflow_id FROM analysis ORDER BY id").fetchall()
+            except sqlite3.Error:
+                return []
+
+    async def end_trial(self) -> None:
+        if self.feed is not None and not self.feed.done():
+            self.feed.cancel()
+        for handle in self.handles.values():  # a run the sweep gave up on must not run on
+            try:
+                await handle.terminate("crash sweep trial over")
+            except Exception:
+                pass  # already closed: the usual case
+        self.harness.close()

@@ -1,0 +1,73 @@
+"""Temporal parts every worker sweep shares: where a kill found a workflow, and the cleanup after it.
+
+After a SIGKILL nobody tells the server the worker is gone. Two waits follow, neither of which
+the invariants depend on, so the sweep does what a graceful shutdown or a heartbeat timeout
+would have done, and says so in its report:
+- the workflow's sticky queue (10 s): `labkit.temporal.forget_sticky_queue`, as the checks do;
+- an activity attempt that was running (its start_to_close_timeout, 30 s in Lab 01): the sweep
+  fails that attempt by id on the server, as a heartbeat timeout would have. The retry policy
+  applies as for a timeout: the attempt counts, the next one waits its backoff.
+A workflow task that was running waits out the task timeout the sweep starts workflows with
+(WORKFLOW_TASK_TIMEOUT), a start option of the caller, not of the lab's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta, timezone
+
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from labkit import temporal
+
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)  # the server's default is 10 s
+STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+
+
+async def landing(handle: WorkflowHandle) -> str:
+    """Where the (frozen) workflow stood right after the kill, in the course's words."""
+    description = await handle.describe()
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        return f"workflow {description.status.name.lower()}"
+    pending = description.raw_description.pending_activities
+    if not pending:
+        return "workflow task or between activities"
+    labels = []
+    now = datetime.now(timezone.utc)
+    for activity in pending:
+        name = activity.activity_type.name
+        if activity.state == STARTED:
+            labels.append(f"{name} running (attempt {activity.attempt})")
+        elif activity.HasField("last_failure") and activity.HasField("next_attempt_schedule_time") and \
+                activity.next_attempt_schedule_time.ToDatetime(tzinfo=timezone.utc) > now:
+            labels.append(f"{name} retry backoff")
+        else:
+            labels.append(f"{name} scheduled, not yet picked up")
+    return " + ".join(sorted(labels))
+
+
+async def release_dead_worker(client: Client, handle: WorkflowHandle) -> int:
+    """Fail the dead worker's running attempts and forget its sticky queue; returns attempts failed."""
+    description = await handle.describe()
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        return 0
+    failed = 0
+    for activity in description.raw_description.pending_activities:
+        if activity.state != STARTED:
+            continue
+        with contextlib.suppress(RPCError):  # it completed just before the kill: nothing to fail
+            await client.get_async_activity_handle(workflow_id=handle.id, activity_id=activity.activity_id).fail(
+                ApplicationError("the worker running this attempt was SIGKILLed by the crash sweep"))
+            failed += 1
+    with contextlib.suppress(RPCError):
+        await temporal.forget_sticky_queue(client, handle.id)
+    return failed
+
+
+async def completed_activities(handle: WorkflowHandle) -> set[str]:
+    """Names of the activities whose result the history records."""
+    history = await handle.fetch_history()
+    return {run.name for run in temporal.activity_runs(history) if run.outcome == "completed"}

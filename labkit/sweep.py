@@ -1,0 +1,291 @@
+"""Crash sweep: kill a lab's processes at seeded random moments, restart, and audit the invariants.
+
+A check kills one process at one chosen moment; a sweep kills at K moments drawn from a seed,
+trial after trial, and proves the same invariants every time: nothing lost, one row per run, and
+each logical LLM call made exactly once, except the calls a kill caught in flight (the
+at-least-once window), which are counted and reported apart, never hidden.
+
+This module is the lab-independent engine. A lab supplies a `Scenario` (how to start its
+workflows or threads, what to kill, where a kill landed, what is durably recorded, how to verify
+the end state); the engine owns the schedule, the kill/restart loop, the proof that each kill
+fired, the audit of the LLM ledger, and the report.
+
+The LLM-call rule, precisely (see docs/design.md, "Crash sweep"):
+  a logical call L is *in flight at kill j* when
+    (a) the course LLM's ledger has an entry for L that arrived during epoch j (after the
+        previous restart and before restart j),
+    (b) L's result is not durably recorded in the snapshot taken after kill j, before restart
+        (Temporal: ActivityTaskCompleted; LangGraph: the checkpoint of L's step), and
+    (c) L's successor in program order had not been called before restart j (once the next
+        call went out, the program had L's result: a repeat of L is the program's fault);
+  L may then be repeated at most (#kills with L in flight) + (#injected faults among L's
+  entries) times. Repeats within that allowance are reported as at-least-once; any other
+  repeat, or a logical call never made, is a violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
+
+SETTLE_S = 0.2  # after a kill: lets requests the dead process had already written reach the servers
+
+
+# --- the schedule --------------------------------------------------------------------------------
+
+def kill_delays(seed: int, trial: int, kills: int, window: tuple[float, float]) -> list[float]:
+    """Seconds from each (re)start's readiness to its kill: the same seed, the same moments."""
+    rng = random.Random(f"{seed}/{trial}")  # a string seed is stable across Python versions
+    low, high = window
+    return [round(rng.uniform(low, high), 3) for _ in range(kills)]
+
+
+# --- evidence ------------------------------------------------------------------------------------
+
+@dataclass
+class Kill:
+    trial: int
+    index: int
+    planned_after_s: float
+    epoch_start: float = 0.0  # wall clock: this epoch's processes were started
+    at: float = 0.0  # wall clock of the SIGKILL
+    restart_at: float = 0.0  # wall clock: the next processes were started
+    victims: list[int] = field(default_factory=list)  # pids alive just before the kill
+    fired: bool = False  # every victim was alive before and died of SIGKILL
+    landed: list[str] = field(default_factory=list)  # where the kill found each workflow / thread
+    recorded: set[str] = field(default_factory=set)  # logical calls durably recorded at the kill
+    in_flight: set[str] = field(default_factory=set)  # filled by the audit
+
+
+@dataclass
+class LogicalCall:
+    """One LLM call the program is meant to make once, and every ledger entry it caused."""
+
+    key: str
+    subject: str  # the workflow / thread it belongs to
+    successor: str | None  # the next logical call of the same subject, in program order
+    entries: list[tuple[float, int]]  # (arrival time, HTTP status) per ledger entry
+
+
+@dataclass
+class Violation:
+    trial: int
+    subject: str
+    invariant: str
+    observed: str
+    expected: str
+
+    def line(self) -> str:
+        return (f"trial {self.trial} {self.subject}: {self.invariant}\n"
+                f"    observed: {self.observed}\n    expected: {self.expected}")
+
+
+@dataclass
+class CallAudit:
+    logical_calls: int = 0
+    in_flight: int = 0  # (kill, logical call) pairs: calls caught in flight
+    at_least_once: int = 0  # repeats explained by a kill
+    scripted: int = 0  # repeats explained by an injected fault
+    violations: list[Violation] = field(default_factory=list)
+
+
+def mark_in_flight(kills: Sequence[Kill], calls: Sequence[LogicalCall]) -> None:
+    """Rule (a)-(c) of the module docstring, for every fired kill."""
+    by_key = {call.key: call for call in calls}
+    for kill in kills:
+        if not kill.fired:
+            continue
+        for call in calls:
+            arrived = any(kill.epoch_start <= at < kill.restart_at for at, _ in call.entries)
+            successor = by_key.get(call.successor) if call.successor else None
+            moved_on = successor is not None and any(at < kill.restart_at for at, _ in successor.entries)
+            if arrived and call.key not in kill.recorded and not moved_on:
+                kill.in_flight.add(call.key)
+
+
+def audit_calls(trial: int, kills: Sequence[Kill], calls: Sequence[LogicalCall], origin: float = 0.0) -> CallAudit:
+    """Apply the rule; `origin` (the trial's start, wall clock) only makes the times in messages readable."""
+    mark_in_flight(kills, calls)
+    audit = CallAudit(logical_calls=len(calls), in_flight=sum(len(k.in_flight) for k in kills))
+    for call in calls:
+        windows = [k.index + 1 for k in kills if call.key in k.in_flight]
+        faults = sum(1 for _, status in call.entries if status != 200)
+        if not call.entries:
+            audit.violations.append(Violation(trial, call.subject, f"LLM call {call.key} never made",
+                                              "0 ledger entries", "exactly 1"))
+            continue
+        repeats = len(call.entries) - 1
+        if repeats > len(windows) + faults:
+            audit.violations.append(Violation(
+                trial, call.subject, f"LLM call {call.key} repeated without a kill to explain it",
+                f"{len(call.entries)} ledger entries at "
+                + ", ".join(f"+{at - origin:.2f}s" for at, _ in call.entries)
+                + " (kills at " + ", ".join(f"+{k.at - origin:.2f}s" for k in kills if k.fired) + ")"
+                + f"; in flight at kill(s) {windows or 'none'}; injected faults {faults}",
+                f"at most {1 + len(windows) + faults}: 1, plus 1 per kill that caught it in flight, "
+                "plus 1 per injected fault"))
+            continue
+        audit.scripted += min(repeats, faults)
+        audit.at_least_once += repeats - min(repeats, faults)
+    return audit
+
+
+# --- the lab's part ------------------------------------------------------------------------------
+
+class Process(Protocol):  # proc.ManagedProcess and prefork.Child both fit
+    pid: int
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+
+class Scenario(Protocol):
+    """What a lab tells the engine. Every method is called from the sweep's event loop (main thread)."""
+
+    lab: str
+    kill_window: tuple[float, float]  # seconds after readiness
+
+    async def start(self) -> None: ...  # the servers, once per sweep
+    async def stop(self) -> None: ...
+    async def begin_trial(self, trial: int, gate: asyncio.Event) -> None: ...  # feed work while gate is set
+    async def wait_ready(self) -> None: ...
+    def processes(self) -> list[Process]: ...  # what a kill kills
+    async def landings(self) -> list[str]: ...  # after a kill: where it found each subject
+    async def after_kill(self) -> None: ...  # tell the servers what a graceful stop would have
+    async def recorded(self) -> set[str]: ...  # logical calls whose result is durable
+    async def restart(self) -> None: ...
+    async def finish(self) -> None: ...  # after the last restart: run to completion
+    async def logical_calls(self) -> list[LogicalCall]: ...
+    async def verify(self, trial: int) -> list[Violation]: ...  # nothing lost, one row per run, ...
+    async def end_trial(self) -> None: ...
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    lab: str
+    seed: int
+    trials: int
+    kills_per_trial: int
+    command: str
+    kills: list[Kill] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    logical_calls: int = 0
+    in_flight: int = 0
+    at_least_once: int = 0
+    scripted: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def kills_fired(self) -> int:
+        return sum(k.fired for k in self.kills)
+
+    @property
+    def landings(self) -> Counter:
+        return Counter(label for kill in self.kills if kill.fired for label in kill.landed)
+
+    def summary(self) -> str:
+        return (f"crash sweep lab {self.lab}: seed {self.seed}, {self.trials} trial(s), "
+                f"{self.kills_fired}/{len(self.kills)} kills fired, {len(self.violations)} violation(s), "
+                f"{self.at_least_once} at-least-once repeat(s) ({self.in_flight} call(s) caught in flight), "
+                f"{self.logical_calls} logical LLM calls, {self.wall_s:.1f} s")
+
+    def render(self) -> str:
+        lines = [self.summary(), f"re-run: {self.command}", "kills landed:"]
+        lines += [f"  {count:3d} x {label}" for label, count in self.landings.most_common()]
+        missed = [k for k in self.kills if not k.fired]
+        if missed:
+            lines.append(f"kills that found no live process: {len(missed)}")
+        lines += [v.line() for v in self.violations]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for kill in data["kills"]:
+            kill["recorded"], kill["in_flight"] = sorted(kill["recorded"]), sorted(kill["in_flight"])
+        data.update(kills_fired=self.kills_fired, landings=dict(self.landings), summary=self.summary())
+        return json.dumps(data, indent=2)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def kill_all(processes: Sequence[Process]) -> tuple[list[int], bool]:
+    """SIGKILL every live process (whole groups); fired = each was alive and died of the signal."""
+    victims = [p for p in processes if p.alive]
+    for process in victims:
+        process.kill()
+    fired = bool(victims) and all(p.returncode == -signal.SIGKILL for p in victims)
+    return [p.pid for p in victims], fired
+
+
+async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print) -> tuple[list[Kill], list[Violation], CallAudit]:
+    gate = asyncio.Event()
+    gate.set()
+    epoch_start = trial_start = time.time()
+    await scenario.begin_trial(trial, gate)
+    kills = []
+    try:
+        await scenario.wait_ready()
+        for index, delay in enumerate(delays):
+            kill = Kill(trial=trial, index=index, planned_after_s=delay, epoch_start=epoch_start)
+            await asyncio.sleep(delay)
+            gate.clear()  # no new work starts between the kill and the restart
+            kill.at = time.time()
+            kill.victims, kill.fired = kill_all(scenario.processes())
+            kill.landed = await scenario.landings()
+            await scenario.after_kill()
+            await asyncio.sleep(SETTLE_S)
+            kill.recorded = await scenario.recorded()
+            kill.restart_at = epoch_start = time.time()
+            await scenario.restart()
+            gate.set()
+            kills.append(kill)
+            log(f"  trial {trial + 1} kill {index + 1}/{len(delays)} at +{delay:.2f}s: "
+                + (f"SIGKILLed pid {', '.join(map(str, kill.victims))}" if kill.fired else "no live process")
+                + f"; landed: {', '.join(kill.landed) or '-'}")
+            await scenario.wait_ready()
+        await scenario.finish()
+        calls = await scenario.logical_calls()
+        audit = audit_calls(trial, kills, calls, origin=trial_start)
+        violations = [*audit.violations, *await scenario.verify(trial)]
+    finally:
+        gate.set()
+        await scenario.end_trial()
+    for kill in kills:
+        if kill.in_flight:
+            log(f"  trial {trial + 1} kill {kill.index + 1} caught in flight: {', '.join(sorted(kill.in_flight))}")
+    return kills, violations, audit
+
+
+async def run_sweep(scenario: Scenario, *, seed: int, trials: int, kills: int, command: str,
+                    log=print) -> Report:
+    report = Report(lab=scenario.lab, seed=seed, trials=trials, kills_per_trial=kills, command=command)
+    started = time.monotonic()
+    log(f"crash sweep lab {scenario.lab}: seed {seed}, {trials} trial(s) x {kills} kill(s); re-run: {command}")
+    await scenario.start()
+    try:
+        for trial in range(trials):
+            delays = kill_delays(seed, trial, kills, scenario.kill_window)
+            found, violations, audit = await run_trial(scenario, trial, delays, log)
+            report.kills += found
+            report.violations += violations
+            report.logical_calls += audit.logical_calls
+            report.in_flight += audit.in_flight
+            report.at_least_once += audit.at_least_once
+            report.scripted += audit.scripted
+    finally:
+        await scenario.stop()
+    report.wall_s = time.monotonic() - started
+    return report

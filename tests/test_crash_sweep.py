@@ -1,0 +1,117 @@
+"""The crash sweep, quick variant: the reference solutions keep their invariants under seeded SIGKILLs.
+
+- the engine's rules on made-up evidence (no servers): the seed fixes the kill moments; a repeat
+  is at-least-once only when a kill caught that call in flight, otherwise a violation;
+- Lab 01 (Temporal) and Lab 03 (LangGraph on PostgreSQL): 1 trial x 3 kills each on real
+  servers; every kill must fire, 0 violations, and nothing left running.
+The seed is CRASH_SWEEP_SEED or a fixed one; every message prints it with the command that re-runs
+the same schedule. The long variant and its figures: bench/crash_sweep.py, bench/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from labkit import proc
+from labkit.sweep import Kill, LogicalCall, audit_calls, kill_delays
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from crash_sweep import sweep  # noqa: E402
+
+SEED = int(os.environ.get("CRASH_SWEEP_SEED", "2026"))
+KILLS = 3
+
+
+# --- the rules, on made-up evidence ---------------------------------------------------------------
+
+def test_the_seed_fixes_the_kill_moments():
+    first = kill_delays(SEED, 0, KILLS, (0.3, 2.5))
+    assert first == kill_delays(SEED, 0, KILLS, (0.3, 2.5)), "the same seed and trial gave other moments"
+    assert first != kill_delays(SEED, 1, KILLS, (0.3, 2.5)), "two trials of one seed share their moments"
+    assert all(0.3 <= d <= 2.5 for d in first), f"delays {first} outside the window 0.3-2.5 s"
+
+
+def kill_at(at: float, restart_at: float, recorded=(), epoch_start: float = 0.0, index: int = 0) -> Kill:
+    return Kill(trial=0, index=index, planned_after_s=0, epoch_start=epoch_start, at=at, restart_at=restart_at,
+                victims=[1], fired=True, recorded=set(recorded))
+
+
+def test_a_repeat_is_at_least_once_only_when_a_kill_caught_the_call_in_flight():
+    calls = [
+        # called at 1.0, killed at 1.2 before the result was recorded, called again after the restart
+        LogicalCall("t/fetch", "t", "t/transform", [(1.0, 200), (2.0, 200)]),
+        LogicalCall("t/transform", "t", "t/report", [(2.5, 200)]),
+        LogicalCall("t/report", "t", None, [(2.8, 200)]),
+    ]
+    audit = audit_calls(0, [kill_at(1.2, 1.5)], calls)
+    assert not audit.violations, [v.line() for v in audit.violations]
+    assert (audit.at_least_once, audit.in_flight) == (1, 1), \
+        f"observed at_least_once={audit.at_least_once}, in_flight={audit.in_flight}; expected 1 and 1"
+
+
+def test_a_repeat_after_the_next_call_went_out_is_a_violation():
+    # fetch's result was handed on (transform was called at 1.1) but not saved: a kill at 1.2
+    # does not excuse calling fetch again (durability "exit" does exactly this)
+    calls = [LogicalCall("t/fetch", "t", "t/transform", [(1.0, 200), (2.0, 200)]),
+             LogicalCall("t/transform", "t", None, [(1.1, 200), (2.1, 200)])]
+    audit = audit_calls(0, [kill_at(1.2, 1.5)], calls)
+    assert [v.invariant for v in audit.violations] == ["LLM call t/fetch repeated without a kill to explain it"], \
+        [v.line() for v in audit.violations]
+    assert audit.at_least_once == 1, f"transform was in flight: expected 1 at-least-once, got {audit.at_least_once}"
+
+
+def test_a_call_from_an_earlier_epoch_is_not_in_flight_again():
+    # called at 1.0, caught by kill 1; not called again before kill 2: kill 2 excuses nothing more
+    calls = [LogicalCall("w/call_llm", "w", None, [(1.0, 200), (3.0, 200), (5.0, 200)])]
+    kills = [kill_at(1.2, 1.5), kill_at(2.0, 2.3, epoch_start=1.5, index=1)]
+    audit = audit_calls(0, kills, calls)
+    assert len(audit.violations) == 1 and audit.in_flight == 1, [v.line() for v in audit.violations]
+
+
+def test_injected_faults_and_recorded_results():
+    calls = [LogicalCall("w1/call_llm", "w1", None, [(1.0, 500), (2.0, 200)]),  # scripted 500, retried
+             LogicalCall("w2/call_llm", "w2", None, [(1.0, 200), (2.0, 200)]),  # recorded before the kill
+             LogicalCall("w3/call_llm", "w3", None, [])]  # never called
+    audit = audit_calls(0, [kill_at(1.2, 1.5, recorded={"w2/call_llm"})], calls)
+    assert audit.scripted == 1, f"expected the 500 to explain w1's repeat, scripted={audit.scripted}"
+    assert sorted(v.subject for v in audit.violations) == ["w2", "w3"], [v.line() for v in audit.violations]
+
+
+# --- the quick sweep on real servers --------------------------------------------------------------
+
+def live_children() -> list[str]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{child.pid} {' '.join(child.cmdline())[:100]}")
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("lab, subjects", [("01", 4), ("03", 5)])
+def test_quick_crash_sweep_finds_no_violation(lab, subjects, tmp_path):
+    command = (f".venv/bin/python bench/crash_sweep.py --lab {lab} --trials 1 --kills {KILLS} --seed {SEED} "
+               f"--subjects {subjects}")
+    lines: list[str] = []
+    try:
+        report = sweep(lab, trials=1, kills=KILLS, seed=SEED, subjects=subjects, workdir=tmp_path,
+                       command=command, log=lines.append)
+        left = live_children()
+    finally:
+        proc.reap_all()
+    print(report.render())
+    story = "\n".join(lines + [report.render()])
+    assert report.kills_fired == KILLS, (
+        f"seed {SEED}: {report.kills_fired} of {KILLS} kills fired (observed); expected every kill to find a "
+        f"live process and SIGKILL it\n{story}")
+    assert not report.violations, (
+        f"seed {SEED}: {len(report.violations)} violation(s) observed, expected 0\n{story}")
+    assert not left, f"processes still running after the sweep (observed), expected none: {left}"
