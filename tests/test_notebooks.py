@@ -37,6 +37,7 @@ DEFAULT_TIMEOUT_S = 120
 TOKEN_VAR = "LAB_NOTEBOOK_TEST_TOKEN"
 EXIT_GRACE_S = 3.0  # a process told to stop may take a moment to be gone
 KERNEL = "durable-agents-lab-test"
+STATES = REPO / ".lab" / "notebooks"  # labkit.notebook.state_dir: each run's logs, database and ledger
 
 
 def this_python_kernel(directory: Path) -> str:
@@ -94,6 +95,22 @@ def left_behind(token: str, kernel_pid: int | None) -> list[str]:
     return described
 
 
+def scan_states(states: set[Path], sentinel: str, leaked: set[str]) -> int:
+    """Look for `sentinel` in every file of these state dirs (logs, SQLite, ledger); add hits to `leaked`.
+    Returns how many files were read."""
+    read = 0
+    for state in states:
+        for file in state.rglob("*"):
+            try:
+                if file.is_file():
+                    read += 1
+                    if sentinel.encode() in file.read_bytes():
+                        leaked.add(str(file))
+            except OSError:  # a file removed meanwhile
+                continue
+    return read
+
+
 def still_running(token: str, kernel_pid: int | None, grace: float = EXIT_GRACE_S) -> list[str]:
     deadline = time.monotonic() + grace
     while True:
@@ -112,6 +129,11 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
     notebook = nbformat.read(path, as_version=4)
     limit = notebook_timeout(path)
     token = uuid.uuid4().hex
+    # A student's real key in the environment must reach no output and no log (issue 9, security).
+    sentinel = f"sk-sentinel-{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", sentinel)
+    states_before = set(STATES.glob("*")) if STATES.exists() else set()
+    scanned, leaked = 0, set()
     monkeypatch.setenv("LAB_PATH", str(lab.solution_dir))
     monkeypatch.setenv("LAB_NOTEBOOK_AUTORUN", "1")
     monkeypatch.setenv(TOKEN_VAR, token)
@@ -128,6 +150,8 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
             kernel_pid = getattr(client.km.provisioner, "pid", None)
             for index, cell in enumerate(notebook.cells):
                 client.execute_cell(cell, index)
+                # after every cell: an autorun notebook deletes its state dir in its last cell
+                scanned += scan_states(set(STATES.glob("*")) - states_before, sentinel, leaked)
             elapsed = time.monotonic() - started
             after_last_cell = still_running(token, kernel_pid)
     except CellExecutionError as err:
@@ -145,3 +169,7 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
                                  "notebook, e.g. services.stop()):\n" + "\n".join(after_last_cell))
     assert not after_shutdown, f"{path.name} left processes behind its kernel:\n" + "\n".join(after_shutdown)
     assert elapsed <= limit, f"{path.name} took {elapsed:.1f} s, more than its {limit:.0f} s"
+    assert sentinel not in nbformat.writes(notebook), \
+        f"{path.name}: observed the OPENAI_API_KEY from the environment in the executed notebook's outputs"
+    assert scanned, f"{path.name}: observed no file in a new .lab/notebooks/ state dir; expected its logs and ledger"
+    assert not leaked, f"{path.name}: observed the OPENAI_API_KEY in the logs or ledger it wrote: {sorted(leaked)}"
