@@ -56,8 +56,9 @@ class Kill:
     epoch_start: float = 0.0  # wall clock: this epoch's processes were started
     at: float = 0.0  # wall clock of the SIGKILL
     restart_at: float = 0.0  # wall clock: the next processes were started
-    victims: list[int] = field(default_factory=list)  # pids alive just before the kill
-    fired: bool = False  # every victim was alive before and died of SIGKILL
+    victims: list[int] = field(default_factory=list)  # pids alive before and dead of SIGKILL after
+    exited_first: list[int] = field(default_factory=list)  # alive at the check, exited on their own before the signal
+    fired: bool = False  # at least one process was alive before and died of SIGKILL
     landed: list[str] = field(default_factory=list)  # where the kill found each workflow / thread
     recorded: set[str] = field(default_factory=set)  # logical calls durably recorded at the kill
     in_flight: set[str] = field(default_factory=set)  # filled by the audit
@@ -221,13 +222,14 @@ class Report:
 
 # --- the loop ------------------------------------------------------------------------------------
 
-def kill_all(processes: Sequence[Process]) -> tuple[list[int], bool]:
-    """SIGKILL every live process (whole groups); fired = each was alive and died of the signal."""
-    victims = [p for p in processes if p.alive]
-    for process in victims:
+def kill_all(processes: Sequence[Process]) -> tuple[list[int], list[int]]:
+    """SIGKILL every live process (whole groups): (pids that died of it, pids that exited on their own
+    between the liveness check and the signal, a race the report shows rather than hides)."""
+    alive = [p for p in processes if p.alive]
+    for process in alive:
         process.kill()
-    fired = bool(victims) and all(p.returncode == -signal.SIGKILL for p in victims)
-    return [p.pid for p in victims], fired
+    killed = [p.pid for p in alive if p.returncode == -signal.SIGKILL]
+    return killed, [p.pid for p in alive if p.pid not in killed]
 
 
 async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print) -> tuple[list[Kill], list[Violation], CallAudit]:
@@ -243,7 +245,8 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
             await asyncio.sleep(delay)
             gate.clear()  # no new work starts between the kill and the restart
             kill.at = time.time()
-            kill.victims, kill.fired = kill_all(scenario.processes())
+            kill.victims, kill.exited_first = kill_all(scenario.processes())
+            kill.fired = bool(kill.victims)
             kill.landed = await scenario.landings()
             await scenario.after_kill()
             await asyncio.sleep(SETTLE_S)
@@ -254,6 +257,7 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
             kills.append(kill)
             log(f"  trial {trial + 1} kill {index + 1}/{len(delays)} at +{delay:.2f}s: "
                 + (f"SIGKILLed pid {', '.join(map(str, kill.victims))}" if kill.fired else "no live process")
+                + (f" (pid {', '.join(map(str, kill.exited_first))} exited on its own first)" if kill.exited_first else "")
                 + f"; landed: {', '.join(kill.landed) or '-'}")
             await scenario.wait_ready()
         await scenario.finish()

@@ -53,7 +53,7 @@ class Sweep:
     lab = "03"
 
     def __init__(self, workdir: Path, subjects: int = 5, path: Path | None = None, latency_ms: int = 250,
-                 start_gap_s: float = 0.4, kill_window: tuple[float, float] = (0.3, 1.5),
+                 start_gap_s: float = 0.6, kill_window: tuple[float, float] = (0.3, 1.5),
                  finish_timeout_s: float = 30.0, cold_schema: bool = False):
         self.workdir, self.subjects, self.path = Path(workdir), subjects, path
         self.cold_schema = cold_schema
@@ -183,7 +183,7 @@ class Sweep:
         self.epoch_start = time.time()
         steps = self._steps()
         for thread, runs in list(self.runs.items()):
-            if runs[-1].killed_with is not None:  # killed by the sweep (a process that failed stays failed)
+            if runs[-1].killed_with is not None and runs[-1].returncode == -9:  # the sweep's kill, not a failure
                 self._spawn(thread, "resume" if steps[thread] else "run")
 
     async def finish(self) -> None:
