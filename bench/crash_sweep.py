@@ -3,6 +3,8 @@
     .venv/bin/python bench/crash_sweep.py --lab 01 --trials 20 --kills 3 --seed 7
     .venv/bin/python bench/crash_sweep.py --lab 03 --trials 20 --kills 3          (a random seed, printed)
     .venv/bin/python bench/crash_sweep.py --lab 03 --path tests/variants/lab03/X  (sweep another lab folder)
+    .venv/bin/python bench/crash_sweep.py --lab 03 --trials 1 --start-gap 0 --cold-schema
+        (every thread starts at once on a fresh database: PostgresSaver.setup()'s race, docs/design.md)
 
 The seed fixes the kill moments (seconds after each start or restart); the machine decides what
 runs at those moments, so a re-run kills at the same offsets, not necessarily in the same places.
@@ -34,6 +36,8 @@ def rerun_command(args: argparse.Namespace, seed: int) -> str:
             "--kills", str(args.kills), "--seed", str(seed), "--subjects", str(args.subjects)]
     if args.path:
         argv += ["--path", str(args.path)]
+    if args.start_gap is not None:
+        argv += ["--start-gap", str(args.start_gap)]
     if args.cold_schema:
         argv.append("--cold-schema")
     return shlex.join(argv)
@@ -56,6 +60,8 @@ def main() -> int:
                         help="workflows (Lab 01, default 4) or threads (Lab 03, default 5) per trial")
     parser.add_argument("--path", type=Path, default=None, help="lab folder to sweep (default: the solution)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
+    parser.add_argument("--start-gap", type=float, default=None,
+                        help="seconds between the starts of a trial's workflows / threads (default: the lab's)")
     parser.add_argument("--cold-schema", action="store_true",
                         help="Lab 03: let the graph processes create the checkpoint tables themselves, at once "
                              "(reproduces PostgresSaver.setup()'s race; see docs/design.md)")
@@ -66,7 +72,8 @@ def main() -> int:
         try:
             report = sweep(args.lab, trials=args.trials, kills=args.kills, seed=seed, subjects=args.subjects,
                            workdir=Path(tmp), path=args.path, command=rerun_command(args, seed),
-                           **({"cold_schema": True} if args.cold_schema else {}))
+                           **({"cold_schema": True} if args.cold_schema else {}),
+                           **({"start_gap_s": args.start_gap} if args.start_gap is not None else {}))
         finally:
             proc.reap_all()  # whatever an interrupted sweep left running
     print(report.render())

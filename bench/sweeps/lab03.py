@@ -24,12 +24,14 @@ holds the report); exactly one checkpoint per step, steps -1..3 (the N+2 = 5 row
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from labkit import course, prefork, proc
+from labkit.feedback import student_error
 from labkit.postgres import from_env
 from labkit.services import CourseLLM
 from labkit.sweep import LogicalCall, Violation
@@ -41,6 +43,13 @@ NODES = ["fetch", "transform", "report"]
 STEP = {node: n + 1 for n, node in enumerate(NODES)}  # the checkpoint a node's result lands in
 FINISHED_STEPS = [-1, 0, 1, 2, 3]
 NODE_TAG = "[lab03 node="
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
+def last_exception(log: str) -> str:
+    """The exception line of a traceback (psycopg's UniqueViolation included, which student_error misses)."""
+    lines = [line for line in log.splitlines() if EXCEPTION_LINE.match(line) and not line.startswith(("DETAIL", "HINT"))]
+    return student_error(log) or (lines[-1] if lines else "no error in its log")
 
 
 def node_of(prompt: str) -> str | None:
@@ -209,7 +218,7 @@ class Sweep:
             if last is None or last.alive or last.returncode != 0:
                 state = ("never started" if last is None else
                          f"still running after {self.finish_timeout_s:.0f} s" if last.alive else
-                         f"exit status {last.returncode}: {last.output().strip().splitlines()[-1:] or ''}")
+                         f"exit status {last.returncode}: {last_exception(last.output())}")
                 found.append(Violation(trial, thread, "thread lost", f"its last process: {state}",
                                        "the last run/resume exits 0"))
             if not reports.get(thread):
