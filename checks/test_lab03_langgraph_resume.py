@@ -198,7 +198,8 @@ class Harness:
         if self.forks is not None:  # the same `python -m <lab>.cli ...`, forked from a warm interpreter
             return self.forks.start(argv[2], argv[3:], name=name, log_path=log_path, env=self.env(chain),
                                     cwd=self.workdir)
-        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir)
+        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir,
+                          student=True)
 
     def observe(self, chain: Chain, label: str, args: list[str], process: proc.ManagedProcess,
                 seconds: float) -> Snapshot:

@@ -244,7 +244,8 @@ class Harness:
         if self.forks is not None:
             return self.forks.start(argv[2], argv[3:], name=name, log_path=log_path, env=self.env(chain),
                                     cwd=self.workdir)
-        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir)
+        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir,
+                          student=True)
 
     def observe(self, chain: Chain, label: str, args: list[str], process, seconds: float) -> Snapshot:
         snap = Snapshot(label=label, argv=args, exit_code=process.returncode, log=process.output(), seconds=seconds)

@@ -10,12 +10,13 @@ directory, sys.path and argv set as `python -m` would set them, the student's
 package imported fresh, and an ordinary interpreter exit (atexit, finalizers,
 exit status; a signal kills it like any process). The grader still owns every
 child: the server runs as a ManagedProcess, each child dies with the server
-(PDEATHSIG) and in its own process group.
+(PDEATHSIG) and in its own process group, with the student limits and sandbox
+(labkit.limits) the client sends; the server itself is not confined.
 
 Set LAB_PREFORK=0 to start every program with a plain exec instead.
 
 Protocol: one unix-socket connection per child, one JSON line each way:
-  -> {"module", "args", "env", "cwd", "log"}     <- {"pid": N}     <- {"exit": status}
+  -> {"module", "args", "env", "cwd", "log", "limits"}     <- {"pid": N}     <- {"exit": status}
 (status as subprocess reports it: negative for a signal).
 """
 
@@ -116,6 +117,9 @@ def _become_child(request: dict, server_pid: int, base_path: list[str], conn: so
     os.close(log)
     os.close(null)
     os.chdir(request["cwd"])
+    from labkit import limits  # stdlib only; the repo is on the server's PYTHONPATH
+
+    limits.confine_this_process(request.get("limits"))  # student code: its limits and sandbox
     env = request["env"]
     os.environ.clear()
     os.environ.update(env)
@@ -237,8 +241,12 @@ class ForkServer:
               cwd) -> Child:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.socket_path)
+        from dataclasses import asdict
+
+        from . import limits
+
         request = {"module": module, "args": list(args), "env": dict(env), "cwd": str(cwd),
-                   "log": str(log_path)}
+                   "log": str(log_path), "limits": asdict(limits.policy())}
         conn.sendall(json.dumps(request).encode() + b"\n")
         buffer = b""
         conn.settimeout(30)

@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 
 import psutil
 
+from . import limits
+
 _live: dict[int, "ManagedProcess"] = {}
 
 
@@ -44,27 +46,43 @@ def _exited(process: psutil.Process) -> bool:
         return True
 
 
+def _student_preexec(confinement: limits.Confinement):
+    def preexec() -> None:  # runs in the child between fork and exec
+        _own_group_die_with_parent()
+        confinement.apply()
+    return preexec
+
+
 class ManagedProcess:
     """One started program, its output in a log file, and its process tree."""
 
     def __init__(self, argv: Sequence[str], *, name: str, log_path: Path,
                  env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 detached: bool = False):
-        """detached=True: a background service meant to outlive this interpreter (`lab up`)."""
+                 detached: bool = False, student: bool = False):
+        """detached=True: a background service meant to outlive this interpreter (`lab up`).
+        student=True: the program runs student code: resource limits and, in a check session,
+        the write sandbox (labkit.limits)."""
         self.argv = list(argv)
         self.name = name
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
+        confinement = limits.Confinement() if student else None
+        if confinement:
+            preexec = _student_preexec(confinement)
+        else:
+            preexec = _own_group if detached else _own_group_die_with_parent
         try:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None, cwd=cwd,
-                preexec_fn=_own_group if detached else _own_group_die_with_parent,
+                env=dict(env) if env is not None else None, cwd=cwd, preexec_fn=preexec,
             )
         except BaseException:  # no such program, not executable, bad cwd: keep no open log behind
             self._log.close()
             raise
+        finally:
+            if confinement:
+                confinement.close()
         self.pid = self.popen.pid
         self.started_at = time.time()
         self.killed_with: signal.Signals | None = None
@@ -170,8 +188,9 @@ class ManagedProcess:
 
 def start(argv: Sequence[str], *, name: str, log_path: Path,
           env: Mapping[str, str] | None = None, cwd: Path | None = None,
-          detached: bool = False) -> ManagedProcess:
-    return ManagedProcess(argv, name=name, log_path=log_path, env=env, cwd=cwd, detached=detached)
+          detached: bool = False, student: bool = False) -> ManagedProcess:
+    return ManagedProcess(argv, name=name, log_path=log_path, env=env, cwd=cwd, detached=detached,
+                          student=student)
 
 
 def live() -> list[ManagedProcess]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from . import course, proc
+from . import course, limits, proc
 from .feedback import CheckFailed, NotChecked
 from .services import CourseLLM, TemporalServer
 
@@ -57,7 +57,10 @@ class LabTarget:
 
     def python_env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LAB_PATH")}
-        env.update(PYTHONPATH=str(self.root), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        temp = self.root.parent / "tmp"  # tempfile's folder: inside the write sandbox (labkit.limits)
+        temp.mkdir(exist_ok=True)
+        env.update(PYTHONPATH=str(self.root), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
+                   TMPDIR=str(temp), PYTHONFAULTHANDLER="1")
         env.update(extra)
         return env
 
@@ -83,6 +86,16 @@ def lab_target(request, tmp_path_factory) -> LabTarget:
     """The lab under test, from the check module's LAB = "NN" constant."""
     lab = course.load().lab(request.module.LAB)
     return make_target(request.config, lab, tmp_path_factory.mktemp(lab.slug))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def student_sandbox(tmp_path_factory):
+    """Student processes started in this session may write only under its temp dirs (labkit.limits),
+    and under the folders LAB_SANDBOX_WRITABLE lists (the instructor's choice: tests collect notes there)."""
+    extra = [p for p in os.environ.get("LAB_SANDBOX_WRITABLE", "").split(os.pathsep) if p]
+    limits.allow_writes_under(tmp_path_factory.getbasetemp(), *extra)
+    yield
+    limits.allow_writes_anywhere()
 
 
 # --- services ------------------------------------------------------------------------------------

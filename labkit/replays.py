@@ -23,6 +23,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labkit import limits
+
 
 @dataclass
 class ReplaySetVerdict:
@@ -46,7 +48,7 @@ class ReplaySet:
         argv = [sys.executable, "-m", "labkit.replays", "--root", str(root), "--module", module]
         if plugin:
             argv += ["--plugin", plugin]
-        self.popen = subprocess.Popen(
+        self.popen = limits.popen_confined(  # it imports the student's workflows
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**base, **(env or {}), "PYTHONPATH": f"{root}{os.pathsep}{kit_root}"})
 

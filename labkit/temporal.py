@@ -22,6 +22,8 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, ResetStickyTaskQueueRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
+from . import limits
+
 
 async def pollers(client: Client, task_queue: str, kind: str = "activity") -> set[str]:
     """Identities of the workers that polled this task queue recently (the server's view)."""
@@ -167,7 +169,7 @@ class Replay:
 
     def __init__(self, *, root: Path, module: str, workflow_id: str):
         kit_root = str(Path(__file__).resolve().parent.parent)
-        self.popen = subprocess.Popen(
+        self.popen = limits.popen_confined(  # it imports the student's workflows
             [sys.executable, "-m", "labkit.replay", "--root", str(root), "--module", module,
              "--workflow-id", workflow_id],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
