@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 
-from labkit import temporal
+from labkit import limits, temporal
 from labkit.feedback import CheckFailed, NotChecked, tail, unfinished
 from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
@@ -107,6 +107,7 @@ class Harness(WorkerHarness):
         deadline = time.monotonic() + REACH_BACKOFF_S
         last: list[temporal.PendingActivity] = []
         while time.monotonic() < deadline:
+            self.require_running(self.workers[-1], f"workflow {run.label} was on its way to parse_json's retry")
             description = await run.handle.describe()
             if description.status is not None and description.status.name != "RUNNING":
                 raise await self.closed_early(run, description.status.name)
@@ -121,7 +122,8 @@ class Harness(WorkerHarness):
                         f"{pending.name} failed (attempt {pending.attempt - 1}): {pending.last_failure}",
                         observed=f"{pending.name} is being retried; only parse_json should fail, once",
                         expected="call_llm succeeds on its first attempt; parse_json fails on attempt 1 only",
-                        revisit="Read the error: the activity raised it. The course LLM is at OPENAI_BASE_URL; "
+                        revisit=limits.explain(None, pending.last_failure) or
+                                "Read the error: the activity raised it. The course LLM is at OPENAI_BASE_URL; "
                                 "create the openai client with max_retries=0 and let Temporal retry.",
                         details=tail(self.workers[-1].output()))
             failure = await self.workflow_task_failure(run.handle, EXPECTED_WORKFLOW)
@@ -146,6 +148,7 @@ class Harness(WorkerHarness):
             while not result.done():
                 if time.monotonic() > deadline:
                     raise asyncio.TimeoutError
+                self.require_running(self.workers[-1], f"workflow {run.label} was finishing after the restart")
                 failure = await self.workflow_task_failure(run.handle, EXPECTED_WORKFLOW)
                 if failure:
                     raise failure
@@ -168,12 +171,13 @@ class Harness(WorkerHarness):
         try:
             await run.handle.result()
         except WorkflowFailureError as err:
-            cause = err.cause
+            cause = root_cause(err)  # "Activity task failed" says little; its cause says why
             return CheckFailed(
                 f"The workflow {status.lower()}: {cause}",
                 observed=f"AnalyzeWorkflow {run.label} ended {status}",
                 expected="it completes and returns the saved row's id",
-                revisit="Read the cause above; retries run out after maximum_attempts=3.",
+                revisit=limits.explain(None, cause) or
+                        "Read the cause above; retries run out after maximum_attempts=3.",
                 details=tail(self.workers[-1].output()))
         return CheckFailed(f"The workflow ended {status}", expected="it completes")
 
@@ -181,7 +185,11 @@ class Harness(WorkerHarness):
 def root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
-    return (str(err).splitlines() or [type(err).__name__])[0][:300]
+    text = (str(err).splitlines() or [""])[0][:300]
+    kind = getattr(err, "type", None)  # an ApplicationError names the exception the activity raised
+    if kind and not text.startswith(kind):
+        return f"{kind}: {text}" if text else kind
+    return text or type(err).__name__
 
 
 def start_input(marker: str) -> dict:

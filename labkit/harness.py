@@ -8,6 +8,9 @@ Failures become teaching messages (CheckFailed), never bare asserts.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from . import proc, temporal
+from . import limits, proc, temporal
 from .feedback import CheckFailed, student_error, tail, unfinished
 
 
@@ -56,7 +59,7 @@ class WorkerHarness:
     def start_worker(self) -> proc.ManagedProcess:
         n = len(self.workers) + 1
         worker = proc.start([sys.executable, "-m", self.target.module("worker")], name=f"worker{n}",
-                            log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
+                            log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir, student=True)
         self.workers.append(worker)
         return worker
 
@@ -72,7 +75,8 @@ class WorkerHarness:
                     f"Your worker exited before it started polling: {error}",
                     observed=f"`python -m {self.target.module('worker')}` stopped with exit status {worker.returncode}",
                     expected="a worker that keeps polling its task queue until it is stopped",
-                    revisit="Fix the error above (run the worker yourself from the lab folder to see it "
+                    revisit=limits.explain(worker.returncode, log) or
+                            "Fix the error above (run the worker yourself from the lab folder to see it "
                             "whole). A missing name usually means something the worker imports is not "
                             "defined yet.",
                     details=tail(log))
@@ -80,6 +84,18 @@ class WorkerHarness:
             if fresh:
                 return fresh
             await asyncio.sleep(0.05)
+        stuck = await asyncio.to_thread(stuck_importing, worker, self.target.root)
+        if stuck:
+            raise CheckFailed(
+                f"The worker never started: your module {stuck[0]} did not finish importing within "
+                f"{timeout:.0f} s (stuck at line {stuck[1]})",
+                observed=f"after {timeout:.0f} s the worker was still running the top level of {stuck[0]}, "
+                         f"line {stuck[1]}: {stuck[2]}",
+                expected="importing a module defines things and returns at once; the work starts later, "
+                         "in main() or in an activity",
+                revisit="Code at a module's top level runs on import, in the worker and in every replay. "
+                        "Move loops, waits and calls into functions.",
+                details=tail(worker.output()))
         raise CheckFailed(
             f"Your worker did not start polling within {timeout:.0f} s",
             observed=f"no worker polled task queue {self.task_queue!r}; the process is still running",
@@ -88,6 +104,26 @@ class WorkerHarness:
             revisit=f"worker.py: connect the client, build the Worker with {self.registers}, and run it. "
                     "Something before that may be blocking (an input(), a loop).",
             details=tail(worker.output()))
+
+    def require_running(self, worker, doing: str) -> None:
+        """Raise the teaching message if the worker has exited (os._exit, a crash, a limit) while the
+        scenario still needs it, instead of waiting for the workflow until a timeout."""
+        if worker.alive or worker.killed_with is not None:
+            return
+        log = worker.output()
+        code = worker.returncode
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exit status {code}")
+        raise CheckFailed(
+            f"Your worker exited while {doing} ({how})",
+            observed=f"`python -m {self.target.module('worker')}` stopped on its own: "
+                     + (student_error(log) or how),
+            expected="a worker that keeps running until the check stops it; an activity that fails "
+                     "raises an exception, which Temporal records and retries",
+            revisit=limits.explain(code, log) or
+                    "Nothing in a worker or an activity may end the process (os._exit, sys.exit in a "
+                    "thread, a crash): a dead worker runs nothing until another one starts.",
+            details=tail(log))
 
     async def workflow_task_failure(self, handle: WorkflowHandle, expected: str,
                                     history: WorkflowHistory | None = None) -> CheckFailed | None:
@@ -122,3 +158,29 @@ class WorkerHarness:
         self.stop_all()
         if self.replay is not None:
             self.replay.close()
+
+
+def stuck_importing(worker, root: Path) -> tuple[str, int, str] | None:
+    """Where a worker that never polled is stuck, if it is still importing one of the student's
+    modules: (file, line, source line). Asks the process for its stack with SIGABRT, which
+    PYTHONFAULTHANDLER (set for student processes) turns into a traceback in its log; the process
+    ends there (and leaves no core file: RLIMIT_CORE is 0)."""
+    if not worker.alive:
+        return None
+    before = len(worker.output())
+    try:  # once, to the worker alone: a second SIGABRT during the dump would cut it short
+        os.kill(worker.pid, signal.SIGABRT)
+    except ProcessLookupError:
+        return None
+    worker.wait(3)
+    dump = worker.output()[before:]
+    frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', dump)
+    for path, line, function in frames:  # most recent call first: the innermost frame of student code
+        if not Path(path).resolve().is_relative_to(Path(root).resolve()):
+            continue
+        if function != "<module>":  # stuck in a function (main() blocking, say): not an import
+            return None
+        source = Path(path).read_text(errors="replace").splitlines()
+        text = source[int(line) - 1].strip() if 0 < int(line) <= len(source) else ""
+        return Path(path).name, int(line), text
+    return None
