@@ -33,7 +33,9 @@ import psutil
 
 from . import course as course_mod
 from .course import REPO, Course, Lab
+from .grade_keeper import NOTE_ENV
 from .grade_plugin import ENABLE_ENV, PREFIX, verified_report
+from .pristine import Snapshot, trusted_roots
 
 DEFAULT_TIME_LIMIT_S = 240.0
 MARKER_ENV = "LAB_GRADE_RUN"  # inherited by every process a grading run starts: finds its leftovers
@@ -170,10 +172,20 @@ def not_graded(lab: Lab, reason: str, passed: dict[str, dict] | None = None) -> 
     return results
 
 
-def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_path: Path | None = None) -> LabResult:
+def pristine_snapshot() -> Snapshot:
+    """The files every grading run trusts (the course's checks and kit, its Python), as they are now."""
+    return Snapshot.take(trusted_roots(REPO))
+
+
+def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_path: Path | None = None,
+              pristine: Snapshot | None = None) -> LabResult:
     """Grade one lab of one submission: a pytest process of the course's own check, its own group,
-    servers and temp dirs, a signed report on its stdout, a time limit, and a sweep afterwards."""
+    servers and temp dirs, a signed report on its stdout, a time limit, and a sweep afterwards.
+
+    `pristine`: the trusted files as they were when grading began (taken now when not given); a run
+    after which they differ is not graded."""
     started = time.monotonic()
+    pristine = pristine or pristine_snapshot()
     result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab))
     if result.folder is None:
         result.error = f"no folder labs/{lab.slug} in the submission"
@@ -184,10 +196,14 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     skipped = copy_regular_files(result.folder, graded)
     key = secrets.token_hex(32).encode()
     marker = uuid.uuid4().hex
+    escaped_note = workdir / "escaped.txt"  # the keeper's list; outside the student's sandbox
     env = grader_env()
-    env.update({MARKER_ENV: marker, ENABLE_ENV: "1"})
+    # No bytecode written by the run: the trusted trees must not change (labkit.pristine).
+    env.update({MARKER_ENV: marker, ENABLE_ENV: "1", NOTE_ENV: str(escaped_note), "PYTHONDONTWRITEBYTECODE": "1"})
     _RUNNING.add(marker)
-    argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
+    # The keeper runs pytest and adopts (PR_SET_CHILD_SUBREAPER) whatever detaches from it.
+    argv = [sys.executable, "-m", "labkit.grade_keeper",
+            sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
             "-p", "labkit.grade_plugin", "--rootdir", str(REPO), "--lab-path", str(graded),
             "--basetemp", str(workdir / "tmp"), "--no-header", "--tb=no", "-rN"]
     child = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -197,23 +213,39 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
         output, _ = child.communicate(key, timeout=time_limit)
     except subprocess.TimeoutExpired:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)  # its servers and workers die with it (PDEATHSIG)
+        child.terminate()  # the keeper kills pytest, then everything it adopted
         try:
-            output, _ = child.communicate(timeout=10)
-        except subprocess.TimeoutExpired:  # something escaped holds the pipe open: give up on it
-            child.kill()
-            output = b""
+            output, _ = child.communicate(timeout=15)
+        except subprocess.TimeoutExpired:  # the keeper is stuck: kill its group, then give up on the pipe
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # servers and workers die with it (PDEATHSIG)
+            try:
+                output, _ = child.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                output = b""
     finally:
         sweep(marker)
         _RUNNING.discard(marker)
+    escaped = escaped_note.read_text().splitlines() if escaped_note.is_file() else []
+    changed = pristine.changes(pristine_snapshot(), relative_to=REPO)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         note = f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
+        note += "".join(f"left running after the checks (killed): {line}\n" for line in escaped)
         log_path.write_bytes(note.encode() + (output or b""))
     report = verified_report(output or b"", key)
     records = {r["check"]: r for r in (report or {}).get("records", [])}
-    if timed_out:
+    if changed:  # nothing this run reported can be trusted
+        result.error = (f"wrote outside its folder: {', '.join(changed[:4])}"
+                        + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+                        + " (files the grader trusts changed during this run; restore them before grading on)")
+        records = {}
+    elif escaped:
+        result.error = (f"left {len(escaped)} process(es) running after its checks, detached from the "
+                        f"worker (killed by the grader): {escaped[0]}")
+        records = {}
+    elif timed_out:
         result.error = f"time limit: grading took longer than {time_limit:.0f} s and was stopped"
     elif report is None:
         result.error = "the checks did not finish: " + _tail(output)
@@ -239,11 +271,12 @@ def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     pairs = [(s, lab) for s in submissions for lab in labs]
     results: list[LabResult] = []
+    pristine = pristine_snapshot()  # one baseline: a change spoils every run that ends after it
     with tempfile.TemporaryDirectory(prefix="lab-grade-") as tmp:
         pool = ThreadPoolExecutor(max(1, jobs))
         try:
             futures = [pool.submit(grade_one, s, lab, Path(tmp) / f"{i:04d}-{_safe(s.name)}-{lab.id}",
-                                   time_limit, out / "logs" / f"{_safe(s.name)}-lab{lab.id}.log")
+                                   time_limit, out / "logs" / f"{_safe(s.name)}-lab{lab.id}.log", pristine)
                        for i, (s, lab) in enumerate(pairs)]
             for future in as_completed(futures):
                 result = future.result()
@@ -263,10 +296,16 @@ def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
 
 def _stop_running_runs() -> None:
     """Kill every grading run of this process still going (they are in their own sessions)."""
+    keepers = []
     for process in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
             if MARKER_ENV in process.environ():
-                os.killpg(process.pid, signal.SIGKILL)
+                process.terminate()  # the keeper kills pytest and whatever detached from it
+                keepers.append(process)
+    _, stuck = psutil.wait_procs(keepers, timeout=8)
+    for process in stuck:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if process.pid != os.getpid() and process.environ().get(MARKER_ENV) in _RUNNING:
