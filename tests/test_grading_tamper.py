@@ -23,20 +23,24 @@ from pathlib import Path
 
 import pytest
 
-from labkit import course
+from labkit import course, limits
 from test_grading import CHECKS, IGNORE, LAB01, MAX, REPO, clone_with, failed_checks, lab_grade
 
 pytestmark = pytest.mark.timeout(300)
 
 NAMES = json.dumps(CHECKS)
+# Student processes run in a Landlock sandbox where the kernel has one (ABI 6+: signals too): they can
+# neither open another process's /proc/PID/fd nor signal a process outside the sandbox.
+SANDBOXED = limits.landlock_abi() >= 6 and limits.policy().sandbox
 
 
 def grade_one(tmp_path: Path, name: str) -> tuple[dict, dict]:
     """Grade the submission `name` (already under tmp_path/class); its row and its tamper notes."""
     proof = tmp_path / "proof"
     proof.mkdir()
+    # LAB_SANDBOX_WRITABLE: the student's sandbox lets the notes out (labkit.limits)
     graded = lab_grade(tmp_path / "class", tmp_path / "out", "--labs", "01",
-                       env={"TAMPER_PROOF_DIR": str(proof)})
+                       env={"TAMPER_PROOF_DIR": str(proof), "LAB_SANDBOX_WRITABLE": str(proof)})
     assert graded.returncode == 0, graded.describe()
     notes = {}
     for note in proof.glob("*.json*"):
@@ -136,12 +140,16 @@ def test_fake_passed_lines_and_a_forged_report_line_are_ignored(tmp_path):
     lab_with(tmp_path, "printer", LAB01.starter_dir, "worker.py", prepend=PYTEST_ANCESTOR + FORGED + """
     print("\\n".join(_LINES), flush=True)
     _pid, _ = _pytest_ancestor()
-    with open(f"/proc/{_pid}/fd/1", "w") as _out:  # pytest's stdout: the grader's pipe
-        _out.write("\\n" + "\\n".join(_LINES) + "\\n")
-    _note("printed", pytest_pid=_pid)
+    try:
+        with open(f"/proc/{_pid}/fd/1", "w") as _out:  # pytest's stdout: the grader's pipe
+            _out.write("\\n" + "\\n".join(_LINES) + "\\n")
+        _note("printed", pytest_pid=_pid, into_pytest="written")
+    except OSError as _err:  # the sandbox: no access to another process's files
+        _note("printed", pytest_pid=_pid, into_pytest=_err.strerror)
     """)
     row, notes = grade_one(tmp_path, "printer")
     assert notes.get("printed"), "the worker never printed its fake lines"
+    assert notes["printed"][0]["into_pytest"] == ("Permission denied" if SANDBOXED else "written"), notes
     assert (row["score"], row["max"]) == ("0", str(MAX)), row
     assert failed_checks(row) == ["crash-resume"] and "TODO(lab01)" in row["failed_checks"], row
 
@@ -163,15 +171,25 @@ def test_fake_reports_written_where_they_might_be_read_are_ignored(tmp_path):
             elif _arg.startswith(_opt + "="):
                 _targets.append(_pathlib.Path(_arg.split("=", 1)[1]))
     for _target in _targets:
-        _target.write_text(_json.dumps(_RECORDS) if _target.suffix == ".json" else "\\n".join(_LINES))
-        _written.append(str(_target))
-    _note("wrote", files=_written, killed=_pid)
-    _os.kill(_pid, _signal.SIGKILL)
+        try:
+            _target.write_text(_json.dumps(_RECORDS) if _target.suffix == ".json" else "\\n".join(_LINES))
+            _written.append(str(_target))
+        except OSError:  # the sandbox: only the run's temp dirs are writable
+            _written.append(f"refused: {_target}")
+    try:
+        _note("wrote", files=_written, killed=_pid)
+        _os.kill(_pid, _signal.SIGKILL)
+    except OSError as _err:  # the sandbox: no signal to a process outside it
+        _note("wrote", files=_written, killed=_err.strerror)
     """)
     row, notes = grade_one(tmp_path, "reporter")
     assert notes.get("wrote") and len(notes["wrote"][0]["files"]) >= 4, notes
     assert (row["score"], row["max"]) == ("0", str(MAX)), row
-    assert row["failed_checks"].startswith("crash-resume: the checks did not finish"), row
+    if SANDBOXED:  # pytest survived the attempt: the starter's own verdict
+        assert notes["wrote"][-1]["killed"] == "Operation not permitted", notes
+        assert failed_checks(row) == ["crash-resume"] and "TODO(lab01)" in row["failed_checks"], row
+    else:
+        assert row["failed_checks"].startswith("crash-resume: the checks did not finish"), row
 
 
 def test_deleting_llm_calls_from_the_ledger_file_changes_nothing(tmp_path):
