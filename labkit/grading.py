@@ -69,6 +69,7 @@ class LabResult:
     error: str = ""  # the lab could not be graded at all (missing folder, time limit)
     duration: float = 0.0
     started_at: float = field(default_factory=time.time)  # wall clock, for the JUnit timestamp
+    trusted_changes: list[str] = field(default_factory=list)  # files the grader trusts that changed meanwhile
 
     @property
     def score(self) -> int:
@@ -237,9 +238,9 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     report = verified_report(output or b"", key)
     records = {r["check"]: r for r in (report or {}).get("records", [])}
     if changed:  # nothing this run reported can be trusted
-        result.error = (f"wrote outside its folder: {', '.join(changed[:4])}"
-                        + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
-                        + " (files the grader trusts changed during this run; restore them before grading on)")
+        result.trusted_changes = changed
+        result.error = (f"wrote outside its folder: {_listed(changed)} (files the grader trusts changed "
+                        "during this run; restore them before grading on)")
         records = {}
     elif escaped:
         result.error = (f"left {len(escaped)} process(es) running after its checks, detached from the "
@@ -254,6 +255,38 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     result.checks = not_graded(lab, result.error, records)
     result.duration = time.monotonic() - started
     return result
+
+
+def _listed(paths: list[str], shown: int = 4) -> str:
+    return ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
+def _stopped(submission: Path, lab: Lab, spoiler: LabResult) -> LabResult:
+    """A run not started: an earlier run changed the files every later verdict would depend on."""
+    result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab))
+    result.error = (f"not graded: grading stopped after the files the grader trusts changed "
+                    f"({_listed(spoiler.trusted_changes)}, during {spoiler.submission}'s lab {spoiler.lab.id}); "
+                    "restore them and grade again")
+    result.checks = not_graded(lab, result.error)
+    return result
+
+
+def _attribute_trusted_changes(results: list[LabResult]) -> None:
+    """A run that saw the trusted files change wrote them only if no other run went on meanwhile;
+    with others at the same time (--jobs 2) it cannot be told which: say so, name them."""
+    for result in results:
+        if not result.trusted_changes:
+            continue
+        end = result.started_at + result.duration
+        alongside = sorted({f"{other.submission} (lab {other.lab.id})" for other in results
+                            if other is not result and other.duration
+                            and other.started_at < end and result.started_at < other.started_at + other.duration})
+        if alongside:
+            result.error = (f"not graded: files the grader trusts changed while this ran "
+                            f"({_listed(result.trusted_changes)}); this submission or one graded at the same "
+                            f"time ({', '.join(alongside)}) wrote them. Restore them and grade these again "
+                            "with --jobs 1 to tell which.")
+            result.checks = not_graded(result.lab, result.error)
 
 
 def _tail(output: bytes | None, lines: int = 3) -> str:
@@ -272,12 +305,21 @@ def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
     pairs = [(s, lab) for s in submissions for lab in labs]
     results: list[LabResult] = []
     pristine = pristine_snapshot()  # one baseline: a change spoils every run that ends after it
+    spoilers: list[LabResult] = []  # runs after which the trusted files differed: start nothing more
+
+    def run(index: int, submission: Path, lab: Lab, tmp: str) -> LabResult:
+        if spoilers:
+            return _stopped(submission, lab, spoilers[0])
+        result = grade_one(submission, lab, Path(tmp) / f"{index:04d}-{_safe(submission.name)}-{lab.id}",
+                           time_limit, out / "logs" / f"{_safe(submission.name)}-lab{lab.id}.log", pristine)
+        if result.trusted_changes:
+            spoilers.append(result)
+        return result
+
     with tempfile.TemporaryDirectory(prefix="lab-grade-") as tmp:
         pool = ThreadPoolExecutor(max(1, jobs))
         try:
-            futures = [pool.submit(grade_one, s, lab, Path(tmp) / f"{i:04d}-{_safe(s.name)}-{lab.id}",
-                                   time_limit, out / "logs" / f"{_safe(s.name)}-lab{lab.id}.log", pristine)
-                       for i, (s, lab) in enumerate(pairs)]
+            futures = [pool.submit(run, i, s, lab, tmp) for i, (s, lab) in enumerate(pairs)]
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)
@@ -289,6 +331,7 @@ def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
             raise
         finally:
             pool.shutdown(wait=True)
+    _attribute_trusted_changes(results)
     results.sort(key=lambda r: (r.submission, r.lab.id))
     write_reports(results, labs, out)
     return results

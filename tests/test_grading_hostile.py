@@ -189,14 +189,17 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
 # --- without the sandbox (a kernel without Landlock; LAB_SANDBOX=0): detected, and cleaned up --------
 
 def test_without_the_sandbox_writes_are_detected_and_ports_freed(tmp_path):
-    """Given LAB_SANDBOX=0, When `lab grade --jobs 1` grades a port binder, then a writer,
-    Then the binder held its port during its run and it is free afterwards (graded as earned), and
-    the writer's writes into the course's files are named in its verdict."""
+    """Given LAB_SANDBOX=0, When `lab grade --jobs 1` grades a port binder, then a writer, then a
+    correct submission,
+    Then the binder held its port during its run and it is free afterwards (graded as earned), the
+    writer's writes into the course's files are named in its verdict, and the submission after it is
+    not graded on checks that can no longer be trusted: grading stopped, and it says why."""
     course = course_copy(tmp_path / "course")
     class_dir, proof, tag, port = tmp_path / "class", tmp_path / "notes", uuid.uuid4().hex[:8], free_port()
     proof.mkdir()
     hostile(class_dir, "port_binder", "a-binder")  # graded first: the writer's change spoils what follows
     hostile(class_dir, "writes_outside", "b-writer")
+    clone_with(class_dir / "c-after", LAB01.solution_dir)
     env = {"HOSTILE_NOTES_DIR": str(proof), "LAB_SANDBOX": "0", "HOSTILE_TAG": tag, "HOSTILE_PORTS": str(port)}
     strays = (Path.home() / f"_hostile_{tag}", Path(f"/tmp/_hostile_{tag}"))
     try:
@@ -221,3 +224,8 @@ def test_without_the_sandbox_writes_are_detected_and_ports_freed(tmp_path):
     assert writer["failed_checks"].startswith(
         f"crash-resume: wrote outside its folder: checks/_hostile_{tag}.py (added), course.toml (changed), "
         f"labkit/_hostile_{tag}.py (added)"), writer
+    after = rows["c-after"]
+    assert after["score"] == "0" and after["failed_checks"].startswith(
+        "crash-resume: not graded: grading stopped after the files the grader trusts changed ("), after
+    assert "during b-writer's lab 01); restore them and grade again" in junit_failure(graded, "c-after"), \
+        junit_failure(graded, "c-after")
