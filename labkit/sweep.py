@@ -21,6 +21,10 @@ The LLM-call rule, precisely (see docs/design.md, "Crash sweep"):
   L may then be repeated at most (#kills with L in flight) + (#injected faults among L's
   entries) times. Repeats within that allowance are reported as at-least-once; any other
   repeat, or a logical call never made, is a violation.
+
+The same rule audits any other durable ledger a lab has beside the LLM's (the notification sink's
+receipts, the course web's fetches): a scenario may return them from `ledgers()`, one list of
+logical calls per ledger name, and the report keeps a tally per ledger.
 """
 
 from __future__ import annotations
@@ -110,21 +114,24 @@ def mark_in_flight(kills: Sequence[Kill], calls: Sequence[LogicalCall]) -> None:
                 kill.in_flight.add(call.key)
 
 
-def audit_calls(trial: int, kills: Sequence[Kill], calls: Sequence[LogicalCall], origin: float = 0.0) -> CallAudit:
-    """Apply the rule; `origin` (the trial's start, wall clock) only makes the times in messages readable."""
+def audit_calls(trial: int, kills: Sequence[Kill], calls: Sequence[LogicalCall], origin: float = 0.0,
+                what: str = "LLM call") -> CallAudit:
+    """Apply the rule; `origin` (the trial's start, wall clock) only makes the times in messages readable;
+    `what` names one logical call of this ledger in messages ("LLM call", "send", "page fetch")."""
     mark_in_flight(kills, calls)
-    audit = CallAudit(logical_calls=len(calls), in_flight=sum(len(k.in_flight) for k in kills))
+    keys = {call.key for call in calls}  # kills may also hold other ledgers' in-flight keys
+    audit = CallAudit(logical_calls=len(calls), in_flight=sum(len(k.in_flight & keys) for k in kills))
     for call in calls:
         windows = [k.index + 1 for k in kills if call.key in k.in_flight]
         faults = sum(1 for _, status in call.entries if status != 200)
         if not call.entries:
-            audit.violations.append(Violation(trial, call.subject, f"LLM call {call.key} never made",
+            audit.violations.append(Violation(trial, call.subject, f"{what} {call.key} never made",
                                               "0 ledger entries", "exactly 1"))
             continue
         repeats = len(call.entries) - 1
         if repeats > len(windows) + faults:
             audit.violations.append(Violation(
-                trial, call.subject, f"LLM call {call.key} repeated without a kill to explain it",
+                trial, call.subject, f"{what} {call.key} repeated without a kill to explain it",
                 f"{len(call.entries)} ledger entries at "
                 + ", ".join(f"+{at - origin:.2f}s" for at, _ in call.entries)
                 + " (kills at " + ", ".join(f"+{k.at - origin:.2f}s" for k in kills if k.fired) + ")"
@@ -168,6 +175,9 @@ class Scenario(Protocol):
     async def restart(self) -> None: ...
     async def finish(self) -> None: ...  # after the last restart: run to completion
     async def logical_calls(self) -> list[LogicalCall]: ...
+    # optional: other ledgers audited by the same rule, {name: (what one call is, its logical calls)};
+    # their keys must differ from the LLM's (and be listed in recorded() when durable)
+    # async def ledgers(self) -> dict[str, tuple[str, list[LogicalCall]]]: ...
     async def verify(self, trial: int) -> list[Violation]: ...  # nothing lost, one row per run, ...
     async def end_trial(self) -> None: ...
 
@@ -187,7 +197,15 @@ class Report:
     in_flight: int = 0
     at_least_once: int = 0
     scripted: int = 0
+    ledgers: dict[str, CallAudit] = field(default_factory=dict)  # the other ledgers' tallies (violations in `violations`)
     wall_s: float = 0.0
+
+    def add_ledger(self, name: str, audit: CallAudit) -> None:
+        tally = self.ledgers.setdefault(name, CallAudit())
+        tally.logical_calls += audit.logical_calls
+        tally.in_flight += audit.in_flight
+        tally.at_least_once += audit.at_least_once
+        tally.scripted += audit.scripted
 
     @property
     def kills_fired(self) -> int:
@@ -201,7 +219,10 @@ class Report:
         return (f"crash sweep lab {self.lab}: seed {self.seed}, {self.trials} trial(s), "
                 f"{self.kills_fired}/{len(self.kills)} kills fired, {len(self.violations)} violation(s), "
                 f"{self.at_least_once} at-least-once repeat(s) ({self.in_flight} call(s) caught in flight), "
-                f"{self.logical_calls} logical LLM calls, {self.wall_s:.1f} s")
+                f"{self.logical_calls} logical LLM calls"
+                + "".join(f"; {name}: {t.logical_calls} logical, {t.at_least_once} at-least-once repeat(s) "
+                          f"({t.in_flight} caught in flight)" for name, t in self.ledgers.items())
+                + f", {self.wall_s:.1f} s")
 
     def render(self) -> str:
         lines = [self.summary(), f"re-run: {self.command}", "kills landed:"]
@@ -214,6 +235,8 @@ class Report:
 
     def to_json(self) -> str:
         data = asdict(self)
+        for tally in data["ledgers"].values():
+            tally.pop("violations")
         for kill in data["kills"]:
             kill["recorded"], kill["in_flight"] = sorted(kill["recorded"]), sorted(kill["in_flight"])
         data.update(kills_fired=self.kills_fired, landings=dict(self.landings), summary=self.summary())
@@ -232,7 +255,8 @@ def kill_all(processes: Sequence[Process]) -> tuple[list[int], list[int]]:
     return killed, [p.pid for p in alive if p.pid not in killed]
 
 
-async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print) -> tuple[list[Kill], list[Violation], CallAudit]:
+async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print
+                    ) -> tuple[list[Kill], list[Violation], CallAudit, dict[str, CallAudit]]:
     gate = asyncio.Event()
     gate.set()
     epoch_start = trial_start = time.time()
@@ -263,14 +287,19 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
         await scenario.finish()
         calls = await scenario.logical_calls()
         audit = audit_calls(trial, kills, calls, origin=trial_start)
-        violations = [*audit.violations, *await scenario.verify(trial)]
+        others = {}
+        if hasattr(scenario, "ledgers"):
+            for name, (what, entries) in (await scenario.ledgers()).items():
+                others[name] = audit_calls(trial, kills, entries, origin=trial_start, what=what)
+        violations = [*audit.violations, *(v for other in others.values() for v in other.violations),
+                      *await scenario.verify(trial)]
     finally:
         gate.set()
         await scenario.end_trial()
     for kill in kills:
         if kill.in_flight:
             log(f"  trial {trial + 1} kill {kill.index + 1} caught in flight: {', '.join(sorted(kill.in_flight))}")
-    return kills, violations, audit
+    return kills, violations, audit, others
 
 
 async def run_sweep(scenario: Scenario, *, seed: int, trials: int, kills: int, command: str,
@@ -282,13 +311,15 @@ async def run_sweep(scenario: Scenario, *, seed: int, trials: int, kills: int, c
     try:
         for trial in range(trials):
             delays = kill_delays(seed, trial, kills, scenario.kill_window)
-            found, violations, audit = await run_trial(scenario, trial, delays, log)
+            found, violations, audit, others = await run_trial(scenario, trial, delays, log)
             report.kills += found
             report.violations += violations
             report.logical_calls += audit.logical_calls
             report.in_flight += audit.in_flight
             report.at_least_once += audit.at_least_once
             report.scripted += audit.scripted
+            for name, other in others.items():
+                report.add_ledger(name, other)
     finally:
         await scenario.stop()
     report.wall_s = time.monotonic() - started

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from labkit import proc
-from labkit.sweep import Kill, LogicalCall, audit_calls, kill_all, kill_delays
+from labkit.sweep import Kill, LogicalCall, Report, audit_calls, kill_all, kill_delays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from crash_sweep import sweep  # noqa: E402
@@ -80,6 +80,29 @@ def test_injected_faults_and_recorded_results():
     audit = audit_calls(0, [kill_at(1.2, 1.5, recorded={"w2/call_llm"})], calls)
     assert audit.scripted == 1, f"expected the 500 to explain w1's repeat, scripted={audit.scripted}"
     assert sorted(v.subject for v in audit.violations) == ["w2", "w3"], [v.line() for v in audit.violations]
+
+
+def test_a_second_ledger_is_audited_by_the_same_rule_and_tallied_apart():
+    # the sink's receipts beside the LLM's ledger: a send caught in flight may be received twice
+    # (the sink suppresses the second delivery); a send received twice though its result was
+    # recorded before the kill is a violation
+    kills = [kill_at(1.2, 1.5, recorded={"w/turn0", "sink:v/2"})]
+    llm = [LogicalCall("w/turn0", "w", "w/turn1", [(0.5, 200)]), LogicalCall("w/turn1", "w", None, [(2.0, 200)])]
+    sink = [LogicalCall("sink:w/2", "w", "w/turn1", [(1.0, 200), (1.8, 200)]),
+            LogicalCall("sink:v/2", "v", None, [(0.2, 200), (0.3, 200)])]
+    llm_audit = audit_calls(0, kills, llm)
+    sink_audit = audit_calls(0, kills, sink, what="send")
+    assert (llm_audit.in_flight, sink_audit.in_flight) == (0, 1), \
+        f"observed in flight llm={llm_audit.in_flight} sink={sink_audit.in_flight}; expected 0 and 1 (no cross-count)"
+    assert sink_audit.at_least_once == 1, f"observed {sink_audit.at_least_once} at-least-once sends, expected 1"
+    assert [v.invariant for v in sink_audit.violations] == ["send sink:v/2 repeated without a kill to explain it"], \
+        [v.line() for v in sink_audit.violations]
+    report = Report(lab="06", seed=1, trials=1, kills_per_trial=1, command="")
+    report.add_ledger("sink", sink_audit)
+    report.add_ledger("sink", sink_audit)
+    assert (report.ledgers["sink"].logical_calls, report.ledgers["sink"].at_least_once) == (4, 2), report.summary()
+    assert "sink: 4 logical, 2 at-least-once" in report.summary(), report.summary()
+    assert '"sink"' in report.to_json(), "the JSON report lost the sink's tally"
 
 
 class FakeProcess:
