@@ -178,6 +178,8 @@ class Scenario(Protocol):
     # optional: other ledgers audited by the same rule, {name: (what one call is, its logical calls)};
     # their keys must differ from the LLM's (and be listed in recorded() when durable)
     # async def ledgers(self) -> dict[str, tuple[str, list[LogicalCall]]]: ...
+    # optional: outcomes the lab counts but does not fail, across the sweep ({"pages given up": 2})
+    # def tallies(self) -> dict[str, int]: ...
     async def verify(self, trial: int) -> list[Violation]: ...  # nothing lost, one row per run, ...
     async def end_trial(self) -> None: ...
 
@@ -198,6 +200,7 @@ class Report:
     at_least_once: int = 0
     scripted: int = 0
     ledgers: dict[str, CallAudit] = field(default_factory=dict)  # the other ledgers' tallies (violations in `violations`)
+    tallies: dict[str, int] = field(default_factory=dict)  # the scenario's counted, not failed, outcomes
     wall_s: float = 0.0
 
     def add_ledger(self, name: str, audit: CallAudit) -> None:
@@ -227,6 +230,8 @@ class Report:
     def render(self) -> str:
         lines = [self.summary(), f"re-run: {self.command}", "kills landed:"]
         lines += [f"  {count:3d} x {label}" for label, count in self.landings.most_common()]
+        if self.tallies:
+            lines.append("counted, not failed: " + ", ".join(f"{name} {n}" for name, n in self.tallies.items()))
         missed = [k for k in self.kills if not k.fired]
         if missed:
             lines.append(f"kills that found no live process: {len(missed)}")
@@ -320,6 +325,7 @@ async def run_sweep(scenario: Scenario, *, seed: int, trials: int, kills: int, c
             report.scripted += audit.scripted
             for name, other in others.items():
                 report.add_ledger(name, other)
+        report.tallies = dict(scenario.tallies()) if hasattr(scenario, "tallies") else {}
     finally:
         await scenario.stop()
     report.wall_s = time.monotonic() - started

@@ -1,0 +1,307 @@
+"""Lab 05 crash sweep: ResearchWorkflow runs survive a worker SIGKILLed mid-fan-out, and each page is
+fetched once except the fetches a kill caught in flight.
+
+Per trial: a fresh task queue, LLM key and course-web caller; one worker (forked from a warm
+interpreter, as the Lab 05 check's); `subjects` ResearchWorkflow runs (at most 4), one per corpus
+topic, so their pages are disjoint and every fetch in the web's ledger belongs to exactly one run.
+The runs start `start_gap_s` apart; every page answers over `page_ms` (its chunks spread out, the
+activity heartbeating as they arrive) and the course LLM answers `latency_ms` late, so the kills
+find runs searching, with several pages downloading at once, summarizing, between tasks.
+
+Two ledgers, one rule (labkit.sweep):
+- LLM: llm_summarize of run W = the course LLM's entries under the trial's key whose prompt
+  carries W's marker; recorded = llm_summarize completed in history.
+- web: W's search and each of W's pages = the course web's ledger entries (search by W's topic,
+  fetch by the page's slug); recorded = search_web / that page's extract_content completed in
+  history; successor = W's summarize call (once it went out, every page's text was in hand).
+Invariants verified at the end: every run COMPLETED, its result summarizes every planned page
+(sources, not partial) but those given up as below, its cost within its budget; search_web and llm_summarize completed once,
+extract_content once per page, in history; no LLM call outside a run; no fetch of a page no run
+planned.
+
+One outcome is counted, not failed: a page whose both attempts (the lab's maximum_attempts=2)
+were killed in flight is given up, and the run ends partial ("1 of 4 pages could not be read"),
+as the lab's retry policy says it should: a timeout after a crash counts as an attempt (a run
+whose every page was given up returns an empty partial result and rightly calls no LLM). The
+report tallies these; a page given up for any other reason is a violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
+
+from labkit import course, prefork
+from labkit.pytest_plugin import Services
+from labkit.services import CourseLLM, TemporalServer
+from labkit.sweep import LogicalCall, Violation
+from labkit.web import DEFAULT_CORPUS, CourseWeb, load_corpus, rank
+
+from .common import graded_copy, with_latency
+from .lab01 import ForkedWorkers
+from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker
+
+PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
+           "temporalio.common", "temporalio.exceptions", "openai", "httpx"]
+TOPICS = ["quantum error correction", "durable execution", "urban heat islands", "sourdough bread"]
+MAX_SOURCES, MAX_PARALLEL = 4, 3
+EXTRACT_ATTEMPTS = 2  # the lab's EXTRACT_RETRY (the check holds the solution to it)
+
+
+class Sweep:
+    lab = "05"
+
+    def __init__(self, workdir: Path, subjects: int = 4, path: Path | None = None, latency_ms: int = 300,
+                 page_ms: int = 700, start_gap_s: float = 0.6, kill_window: tuple[float, float] = (0.3, 2.5),
+                 finish_timeout_s: float = 60.0):
+        if not 1 <= subjects <= len(TOPICS):
+            raise SystemExit(f"lab 05's sweep runs 1 to {len(TOPICS)} workflows (one per corpus topic), not {subjects}")
+        self.workdir, self.subjects, self.path = Path(workdir), subjects, path
+        self.latency_ms, self.page_ms, self.start_gap_s = latency_ms, page_ms, start_gap_s
+        self.kill_window, self.finish_timeout_s = kill_window, finish_timeout_s
+        self.run_id = uuid.uuid4().hex[:6]
+        self.corpus, _ = load_corpus([DEFAULT_CORPUS])
+        self.counts: Counter = Counter()  # across trials, for the report
+
+    # --- the sweep's servers ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.target = graded_copy(self.lab, self.workdir, self.path)
+        state = self.workdir / "services"
+        self.temporal = TemporalServer(state, ui_port=None)
+        self.llm = CourseLLM(state, rules_files=[course.COURSE_TOML])
+        self.web = CourseWeb(state / "web-server")
+        self.forks = prefork.ForkServer(self.workdir, PRELOAD, env=self.target.python_env()) \
+            if prefork.enabled() else None
+        for server in filter(None, (self.forks, self.temporal, self.llm, self.web)):
+            server.launch()
+        await asyncio.to_thread(self.temporal.wait_ready)
+        await asyncio.to_thread(self.llm.wait_ready)
+        await asyncio.to_thread(self.web.wait_ready)
+        self.llm.push_rules(with_latency(["lab05-summarize-qec", "lab05-summarize"], self.latency_ms))
+        if self.forks is not None:
+            await asyncio.to_thread(self.forks.wait_ready)
+        self.services = Services(temporal_address=self.temporal.address, course_llm=self.llm,
+                                 temporal=self.temporal)
+        self.client = await Client.connect(self.temporal.address)
+
+    async def stop(self) -> None:
+        for server in filter(None, (getattr(self, name, None) for name in ("forks", "web", "llm", "temporal"))):
+            server.stop()
+
+    def tallies(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    # --- one trial ----------------------------------------------------------------------------------
+
+    async def begin_trial(self, trial: int, gate: asyncio.Event) -> None:
+        key = f"sweep-{self.run_id}-t{trial}"
+        self.caller = f"sweep05-{key}"
+        workdir = self.workdir / f"trial{trial}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.harness = ForkedWorkers(self.target, self.services, workdir, lab=self.lab, key=key, forks=self.forks,
+                                     COURSE_WEB_URL=self.web.url_for(self.caller))
+        self.plan = {}  # workflow id: (topic with its marker, planned page slugs)
+        for i, base in enumerate(TOPICS[:self.subjects]):
+            topic = f"{base} #w{i}{key.replace('-', '')}"  # the marker: a word no page contains
+            self.plan[f"research-{key}-w{i}"] = (topic, [d.slug for d in rank(self.corpus, topic, MAX_SOURCES)])
+        for _, pages in self.plan.values():
+            for slug in pages:
+                self.web.set_behaviour(slug, caller=self.caller, slow_ms=self.page_ms)
+        self.handles: dict[str, WorkflowHandle] = {}
+        self.results: dict[str, object] = {}
+        self.identities: set[str] = set()
+        self.killed_attempts: Counter = Counter()  # (workflow id, slug): extract attempts a kill interrupted
+        self.gate, self.feed = gate, None
+        self.harness.start_worker()
+
+    async def wait_ready(self) -> None:
+        worker = self.harness.workers[-1]
+        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
+        if self.feed is None:  # the first worker polls: start the runs, staggered
+            self.feed = asyncio.create_task(self._start_runs())
+
+    async def _start_runs(self) -> None:
+        for n, (workflow_id, (topic, _)) in enumerate(self.plan.items()):
+            if n:
+                await asyncio.sleep(self.start_gap_s)
+            await self.gate.wait()
+            request = {"topic": topic, "max_sources": MAX_SOURCES, "budget_usd": 2.0, "max_parallel": MAX_PARALLEL}
+            self.handles[workflow_id] = await self.client.start_workflow(
+                "ResearchWorkflow", request, id=workflow_id, task_queue=self.harness.task_queue,
+                task_timeout=WORKFLOW_TASK_TIMEOUT)
+
+    def processes(self) -> list:
+        return [self.harness.workers[-1]]
+
+    async def landings(self) -> list[str]:
+        found = []
+        for workflow_id in self.plan:
+            handle = self.handles.get(workflow_id)
+            found.append(await landing(handle) if handle else "workflow not started yet")
+        return found
+
+    async def after_kill(self) -> None:
+        for workflow_id, handle in list(self.handles.items()):
+            # the extract_content attempts this kill interrupted: the attempts it costs each page
+            running = {p.activity_id for p in (await handle.describe()).raw_description.pending_activities
+                       if p.state == STARTED and p.activity_type.name == "extract_content"}
+            if running:
+                for activity_id, argument in (await self._extracts(handle)).items():
+                    if activity_id in running:
+                        self.killed_attempts[(workflow_id, slug_of(argument))] += 1
+            await release_dead_worker(self.client, handle)
+
+    async def _extracts(self, handle: WorkflowHandle) -> dict[str, str]:
+        """activity id: url, of every extract_content the history schedules."""
+        found = {}
+        for event in (await handle.fetch_history()).events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                attrs = event.activity_task_scheduled_event_attributes
+                if attrs.activity_type.name == "extract_content" and attrs.input.payloads:
+                    found[attrs.activity_id] = json.loads(attrs.input.payloads[0].data)
+        return found
+
+    async def _activities(self, handle: WorkflowHandle) -> list[tuple[str, str, str]]:
+        """(activity name, its first argument, outcome) per scheduled activity, from the history."""
+        scheduled, outcome = {}, {}
+        for event in (await handle.fetch_history()).events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                attrs = event.activity_task_scheduled_event_attributes
+                payloads = attrs.input.payloads
+                argument = json.loads(payloads[0].data) if payloads else None
+                scheduled[event.event_id] = (attrs.activity_type.name, argument)
+            for kind in ("completed", "failed", "timed_out", "canceled"):
+                name = f"activity_task_{kind}_event_attributes"
+                if event.HasField(name):
+                    outcome[getattr(event, name).scheduled_event_id] = kind
+        return [(name, argument if isinstance(argument, str) else "", outcome.get(event_id, "pending"))
+                for event_id, (name, argument) in scheduled.items()]
+
+    async def recorded(self) -> set[str]:
+        found = set()
+        for workflow_id, handle in list(self.handles.items()):
+            for name, argument, outcome in await self._activities(handle):
+                if outcome != "completed":
+                    continue
+                if name == "search_web":
+                    found.add(f"web:{workflow_id}/search")
+                elif name == "extract_content":
+                    found.add(f"web:{workflow_id}/{slug_of(argument)}")
+                elif name == "llm_summarize":
+                    found.add(f"{workflow_id}/summarize")
+        return found
+
+    async def restart(self) -> None:
+        self.harness.start_worker()
+
+    async def finish(self) -> None:
+        deadline = time.monotonic() + self.finish_timeout_s
+        await asyncio.wait_for(self.feed, timeout=self.finish_timeout_s)
+        for workflow_id, handle in self.handles.items():
+            try:
+                self.results[workflow_id] = await asyncio.wait_for(handle.result(),
+                                                                   max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.results[workflow_id] = TimeoutError(f"not finished within {self.finish_timeout_s:.0f} s "
+                                                         "of the last restart")
+            except Exception as err:  # the workflow failed: verify() reports it
+                self.results[workflow_id] = err
+        self.outcomes = {}  # workflow id: (activities, pages given up, those given up because both attempts were killed)
+        for workflow_id, handle in self.handles.items():
+            activities = await self._activities(handle)
+            given_up = [slug_of(argument) for name, argument, outcome in activities
+                        if name == "extract_content" and outcome != "completed"]
+            explained = [slug for slug in given_up if self.killed_attempts[(workflow_id, slug)] >= EXTRACT_ATTEMPTS]
+            self.outcomes[workflow_id] = (activities, given_up, explained)
+            self.counts["pages given up after both attempts were killed"] += len(explained)
+            self.counts["runs partial for it"] += bool(explained)
+            self.counts["runs left with no page (no summary, no LLM call)"] += \
+                bool(explained) and len(explained) == len(self.plan[workflow_id][1])
+
+    # --- the ledgers ----------------------------------------------------------------------------------
+
+    async def logical_calls(self) -> list[LogicalCall]:
+        entries = self.llm.ledger().entries(caller=self.harness.api_key)
+        markers = {workflow_id: topic.rsplit(" ", 1)[1] for workflow_id, (topic, _) in self.plan.items()}
+        self.strays = [e for e in entries if not any(marker in e.prompt for marker in markers.values())]
+        # a run whose every page was given up (both attempts killed) rightly calls no LLM
+        nothing_read = {workflow_id for workflow_id, (_, _, explained) in self.outcomes.items()
+                        if len(explained) == len(self.plan[workflow_id][1])}
+        return [LogicalCall(key=f"{workflow_id}/summarize", subject=workflow_id, successor=None,
+                            entries=[(e.at, e.status) for e in entries if marker in e.prompt])
+                for workflow_id, marker in markers.items() if workflow_id not in nothing_read]
+
+    async def ledgers(self) -> dict[str, tuple[str, list[LogicalCall]]]:
+        entries = self.web.ledger().entries(caller=self.caller)
+        planned = {slug for _, pages in self.plan.values() for slug in pages}
+        self.unplanned = [e for e in entries if e.kind == "fetch" and e.slug not in planned]
+        calls = []
+        for workflow_id, (topic, pages) in self.plan.items():
+            then = f"{workflow_id}/summarize"
+            calls.append(LogicalCall(key=f"web:{workflow_id}/search", subject=workflow_id, successor=then,
+                                     entries=[(e.at, e.status) for e in entries
+                                              if e.kind == "search" and e.query == topic]))
+            calls += [LogicalCall(key=f"web:{workflow_id}/{slug}", subject=workflow_id, successor=then,
+                                  entries=[(e.at, e.status) for e in entries if e.kind == "fetch" and e.slug == slug])
+                      for slug in pages]
+        return {"web": ("page fetch", calls)}
+
+    # --- the end state --------------------------------------------------------------------------------
+
+    async def verify(self, trial: int) -> list[Violation]:
+        found = []
+        for workflow_id, (topic, pages) in self.plan.items():
+            result = self.results.get(workflow_id, "never started")
+            read_none = workflow_id in self.outcomes and len(self.outcomes[workflow_id][2]) == len(pages)
+            if not isinstance(result, dict) or not (result.get("summary") or read_none):
+                found.append(Violation(trial, workflow_id, "workflow lost", f"{type(result).__name__}: {str(result)[:160]}",
+                                       "ResearchWorkflow COMPLETED with a summary"))
+                continue
+            activities, given_up, explained = self.outcomes[workflow_id]
+            expected_sources = [slug for slug in pages if slug not in explained]
+            sources = [slug_of(url) for url in result.get("sources", [])]
+            if sources != expected_sources or bool(result.get("partial")) != bool(explained):
+                found.append(Violation(trial, workflow_id, "the result is not the summary of every page read",
+                                       f"sources {sources}, partial={result.get('partial')} "
+                                       f"({result.get('reason')!r}); given up: {given_up}",
+                                       f"sources {expected_sources}, partial={bool(explained)}"))
+            cost = result.get("total_cost", 0)
+            if not (cost == 0 if read_none else 0 < cost <= 2.0):
+                found.append(Violation(trial, workflow_id, "cost outside the budget", f"total_cost {cost}",
+                                       "0 (no page left to summarize)" if read_none else "0 < cost <= $2.00"))
+            completed = Counter(name for name, _, outcome in activities if outcome == "completed")
+            want = {"search_web": 1, "extract_content": len(pages) - len(explained), "llm_summarize": int(not read_none)}
+            if {name: completed[name] for name in want} != want:
+                found.append(Violation(trial, workflow_id, "activities not each completed once in history",
+                                       f"completed: {dict(completed)}", f"completed: {want}"))
+        if self.strays:
+            found.append(Violation(trial, "course LLM", "LLM calls outside any run",
+                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r}",
+                                   "every request carries the topic of one of the trial's runs"))
+        if self.unplanned:
+            found.append(Violation(trial, "course web", "fetches of pages no run planned",
+                                   f"{sorted({e.slug for e in self.unplanned})}", "only the runs' search results"))
+        return found
+
+    async def end_trial(self) -> None:
+        if self.feed is not None and not self.feed.done():
+            self.feed.cancel()
+        for handle in self.handles.values():  # a run the sweep gave up on must not run on
+            try:
+                await handle.terminate("crash sweep trial over")
+            except Exception:
+                pass  # already closed: the usual case
+        self.harness.close()
+        self.web.reset_behaviours()
+
+
+def slug_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/doc/", 1)[-1]
