@@ -95,9 +95,9 @@ class Sweep:
     async def begin_trial(self, trial: int, gate: asyncio.Event) -> None:
         key = f"sweep-{self.run_id}-t{trial}"
         workdir = self.workdir / f"trial{trial}"
-        self.db_path = workdir / "lab01.sqlite"
-        self.harness = ForkedWorkers(self.target, self.services, workdir, lab=self.lab, key=key,
-                                     forks=self.forks, LAB01_DATABASE_URL=f"sqlite:///{self.db_path}")
+        self.db_path = workdir / f"lab{self.lab}.sqlite"
+        self.harness = ForkedWorkers(self.target, self.services, workdir, lab=self.lab, key=key, forks=self.forks,
+                                     **{f"LAB{self.lab}_DATABASE_URL": f"sqlite:///{self.db_path}"})
         workdir.mkdir(parents=True, exist_ok=True)
         self.plan = {f"analyze-{key}-w{i}": f"[sweep {key} w{i}]" for i in range(self.subjects)}
         self.handles: dict[str, WorkflowHandle] = {}
