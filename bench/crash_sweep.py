@@ -66,7 +66,7 @@ def main() -> int:
                         help="Lab 03: let the graph processes create the checkpoint tables themselves, at once "
                              "(reproduces PostgresSaver.setup()'s race; see docs/design.md)")
     args = parser.parse_args()
-    args.subjects = args.subjects or {"01": 4, "02": 4, "03": 5, "05": 4, "06": 4}.get(args.lab, 4)
+    args.subjects = args.subjects or {"01": 4, "02": 4, "03": 5, "04": 4, "05": 4, "06": 4}.get(args.lab, 4)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     with tempfile.TemporaryDirectory(prefix=f"sweep{args.lab}-") as tmp:
         try:

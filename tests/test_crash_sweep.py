@@ -3,7 +3,8 @@
 - the engine's rules on made-up evidence (no servers): the seed fixes the kill moments; a repeat
   is at-least-once only when a kill caught that call in flight, otherwise a violation;
 - Lab 01 (Temporal), Lab 02 (approval: decisions sent while no worker runs, applied once),
-  Lab 03 (LangGraph on PostgreSQL), Lab 05 (fan-out; the course web's fetch
+  Lab 03 (LangGraph on PostgreSQL), Lab 04 (LangGraph paused for a human; approvals re-sent after
+  a kill, applied once), Lab 05 (fan-out; the course web's fetch
   ledger as a second ledger) and Lab 06 (Agents SDK tools as activities; the notification sink's
   receipts as a second ledger): 1 trial x 3 kills each on real
   servers; every kill must fire, 0 violations, and nothing left running.
@@ -137,7 +138,7 @@ def live_children() -> list[str]:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("lab, subjects", [("01", 4), ("02", 4), ("03", 5), ("05", 4), ("06", 4)])
+@pytest.mark.parametrize("lab, subjects", [("01", 4), ("02", 4), ("03", 5), ("04", 4), ("05", 4), ("06", 4)])
 def test_quick_crash_sweep_finds_no_violation(lab, subjects, tmp_path):
     command = (f".venv/bin/python bench/crash_sweep.py --lab {lab} --trials 1 --kills {KILLS} --seed {SEED} "
                f"--subjects {subjects}")
