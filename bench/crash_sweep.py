@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/crash_sweep.py --lab 01 --trials 20 --kills 3 --seed 7
     .venv/bin/python bench/crash_sweep.py --lab 03 --trials 20 --kills 3          (a random seed, printed)
+    .venv/bin/python bench/crash_sweep.py --lab 06 --trials 20 --kills 3 --seed 7  (also 02, 04, 05)
     .venv/bin/python bench/crash_sweep.py --lab 03 --path tests/variants/lab03/X  (sweep another lab folder)
     .venv/bin/python bench/crash_sweep.py --lab 03 --trials 1 --start-gap 0 --cold-schema
         (every thread starts at once on a fresh database: PostgresSaver.setup()'s race, docs/design.md)
@@ -52,12 +53,13 @@ def sweep(lab: str, *, trials: int, kills: int, seed: int, subjects: int, workdi
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lab", required=True, help="01 (Temporal) or 03 (LangGraph)")
+    parser.add_argument("--lab", required=True,
+                        help="01, 02, 05, 06 (Temporal) or 03, 04 (LangGraph); see bench/sweeps/labNN.py")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--kills", type=int, default=3, help="kills per trial")
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, printed")
     parser.add_argument("--subjects", type=int, default=None,
-                        help="workflows (Lab 01, default 4) or threads (Lab 03, default 5) per trial")
+                        help="workflows or threads per trial (default 5 for Lab 03, 4 otherwise; Lab 05 at most 4)")
     parser.add_argument("--path", type=Path, default=None, help="lab folder to sweep (default: the solution)")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     parser.add_argument("--start-gap", type=float, default=None,
