@@ -11,8 +11,10 @@ pause "before" or "interrupt", approved as is or with an edited summary. Every s
 A kill SIGKILLs every graph process alive (a crashed host). The restart is the operator's:
   a killed run with no checkpoint     -> `run` again;
   a killed run paused or beyond       -> nothing (it waits for the human, who re-sends below);
-  a killed run in between             -> `replay --checkpoint <latest>`: continue from the thread's
-                                         latest checkpoint with no new input (the CLI's resume);
+  a killed run in between             -> `resume`: continue from the thread's latest checkpoint with
+                                         no new input (bench/sweeps/lab04_resume.py, with the lab's
+                                         graph and saver; the CLI has no resume: `replay` from the
+                                         head writes a fork checkpoint, see that file);
   a killed approve, review not saved  -> the human sends the same decision again.
 
 Two ledgers, one rule (labkit.sweep):
@@ -31,6 +33,7 @@ been saved before the kill: one more "update" checkpoint, the same value).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import time
 import uuid
@@ -53,6 +56,7 @@ KINDS = [("before", None), ("before", "EDITED by the sweep's reviewer"), ("inter
 SEARCH_STEP, SUMMARIZE_STEP, REVIEW_STEP = 1, 2, 3  # the checkpoint each node's result lands in (no edit)
 NODE_TAG = "[lab04 node=summarize]"
 QUERY = "quantum error correction"
+RESUME_MODULE = "sweep_resume"  # lab04_resume.py, copied next to the graded lab folder
 
 
 class Sweep:
@@ -74,6 +78,7 @@ class Sweep:
 
     async def start(self) -> None:
         self.target = graded_copy(self.lab, self.workdir, self.path)
+        shutil.copy(Path(__file__).with_name("lab04_resume.py"), self.target.root / f"{RESUME_MODULE}.py")
         state = self.workdir / "services"
         self.postgres = from_env(state / "pg")
         self.llm = CourseLLM(state, rules_files=[course.COURSE_TOML])
@@ -128,12 +133,14 @@ class Sweep:
     def _spawn(self, thread: str, command: str, *args: str) -> None:
         pause, _ = self.threads[thread]
         runs = self.runs.setdefault(thread, [])
-        argv = [command, "--thread", thread, "--pause", pause, *args]
+        if command == "resume":
+            module, argv = RESUME_MODULE, [self.target.name, thread, pause]
+        else:
+            module, argv = self.target.module("cli"), [command, "--thread", thread, "--pause", pause, *args]
         name, log_path = f"{thread}-{len(runs) + 1}-{command}", self.trial_dir / f"{thread}-{len(runs) + 1}.log"
         env = self.target.python_env(OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=self.keys[thread],
                                      COURSE_WEB_URL=self.web.url_for(self.keys[thread]),
                                      DATABASE_URL=self.database_url)
-        module = self.target.module("cli")
         if self.forks is not None:
             process = self.forks.start(module, argv, name=name, log_path=log_path, env=env, cwd=self.trial_dir)
         else:
@@ -157,7 +164,7 @@ class Sweep:
                 next_start = time.monotonic() + self.start_gap_s
             for thread, runs in self.runs.items():
                 command, process = runs[-1]
-                if command in ("run", "replay") and (process.returncode == 0 or thread in self.paused_by_kill):
+                if command in ("run", "resume") and (process.returncode == 0 or thread in self.paused_by_kill):
                     paused_at.setdefault(thread, time.monotonic())
                     if time.monotonic() - paused_at[thread] >= self.reviewer_delay_s:
                         paused_at.pop(thread)
@@ -260,7 +267,7 @@ class Sweep:
             elif self._reached(mine, SUMMARIZE_STEP):
                 self.paused_by_kill.add(thread)  # the pause was saved: the human approves it
             else:
-                self._spawn(thread, "replay", "--checkpoint", mine[-1][2])
+                self._spawn(thread, "resume")
 
     async def finish(self) -> None:
         deadline = time.monotonic() + self.finish_timeout_s

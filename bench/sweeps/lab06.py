@@ -76,6 +76,10 @@ class Sweep:
         self.run_id = uuid.uuid4().hex[:6]
         book = {rule.name: rule for rule in RuleBook.from_file(course.COURSE_TOML).rules}
         self.rules = {kind: book[name] for kind, (name, _) in SCRIPTS.items()}
+        self.counts: Counter = Counter()  # the sink's receipts and deliveries, across trials
+
+    def tallies(self) -> dict[str, int]:
+        return dict(self.counts)
 
     # --- the sweep's servers ---------------------------------------------------------------------
 
@@ -222,6 +226,10 @@ class Sweep:
     async def verify(self, trial: int) -> list[Violation]:
         found = []
         deliveries = self.sink.deliveries(caller=self.token)
+        attempts = self.sink.attempts(caller=self.token)
+        self.counts["sink receipts"] += len(attempts)
+        self.counts["sink deliveries"] += len(deliveries)
+        self.counts["duplicates suppressed by the idempotency key"] += sum(a.outcome == "duplicate" for a in attempts)
         for workflow_id, kind in self.plan.items():
             rule = self.rules[kind]
             result, final = self.results.get(workflow_id, "never started"), rule.turn_text(rule.turns[-1])
