@@ -1,10 +1,11 @@
 """Hostile submissions: `lab grade` gives each a clear verdict within its time limit, grades the
 others as usual, and leaves no process and no listening port behind.
 
-Each hostile submission is the Lab 01 solution with one file changed: tests/hostile/lab01/<case>/
-activities.py is the solution's activities.py plus a marked HOSTILE block (checked below, so the
-fixtures follow the solution). The block leaves a note in HOSTILE_NOTES_DIR (which the grader lets
-student code write to through LAB_SANDBOX_WRITABLE) to prove it ran.
+Each hostile submission is the Lab 01 solution with one file changed: its activities.py is the
+solution's, followed by tests/hostile/note.py and the case's block, tests/hostile/lab01/<case>.py
+(put together when the test runs, so the fixtures always follow the solution). The block leaves a
+note in HOSTILE_NOTES_DIR (which the grader lets student code write to through
+LAB_SANDBOX_WRITABLE) to prove it ran.
 
 | case | the submission... | verdict |
 |---|---|---|
@@ -43,17 +44,15 @@ from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_wit
 
 pytestmark = pytest.mark.timeout(300)
 
-HOSTILE = REPO / "tests" / "hostile" / "lab01"
+HOSTILE = REPO / "tests" / "hostile"
 COURSE_PARTS = ("checks", "labkit", "labs", "solutions", "course.toml", "pyproject.toml")
 TIME_LIMIT_S = 120
 
 
-def test_each_fixture_is_the_solution_plus_one_hostile_block():
-    solution = (LAB01.solution_dir / "activities.py").read_text()
-    for case in sorted(p.name for p in HOSTILE.iterdir() if p.is_dir()):
-        text = (HOSTILE / case / "activities.py").read_text()
-        assert text.startswith(solution), f"{case}: re-copy the solution's activities.py above its HOSTILE block"
-        assert f"HOSTILE({case})" in text[len(solution):], case
+def test_each_hostile_block_is_marked_and_compiles_onto_the_solution():
+    for block in sorted((HOSTILE / "lab01").glob("*.py")):
+        assert f"HOSTILE({block.stem})" in block.read_text(), f"{block.name}: mark the block HOSTILE({block.stem})"
+        compile(hostile_activities(block.stem), f"{block.stem}/activities.py", "exec")
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -68,9 +67,15 @@ def course_copy(dest: Path) -> Path:
     return dest
 
 
+def hostile_activities(case: str) -> str:
+    """The solution's activities.py with the case's HOSTILE block (and its note helper) appended."""
+    parts = (LAB01.solution_dir / "activities.py", HOSTILE / "note.py", HOSTILE / "lab01" / f"{case}.py")
+    return "\n\n".join(part.read_text().rstrip("\n") for part in parts) + "\n"
+
+
 def hostile(class_dir: Path, case: str, name: str | None = None) -> Path:
     submission = clone_with(class_dir / (name or case), LAB01.solution_dir)
-    shutil.copy2(HOSTILE / case / "activities.py", submission / "labs" / LAB01.slug / "activities.py")
+    (submission / "labs" / LAB01.slug / "activities.py").write_text(hostile_activities(case))
     return submission
 
 
