@@ -115,7 +115,7 @@ class StudentLimits:
 
     def describe(self) -> str:
         """One line for teaching messages: what a student process may use."""
-        sandbox = (f"writes only under the check's temp dirs, no listening TCP port"
+        sandbox = ("writes only under the check's temp dirs, no listening TCP port"
                    if self.writable and self.sandbox and landlock_abi() else "no write sandbox")
         return (f"{self.memory_mb} MiB of memory (LAB_STUDENT_MEMORY_MB), {self.cpu_s} s of CPU, "
                 f"files up to {self.file_mb} MiB, {sandbox}")

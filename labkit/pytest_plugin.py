@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path

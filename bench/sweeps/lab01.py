@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
 
 from .common import graded_copy, with_latency
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, landing, release_dead_worker
+from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, landing, release_dead_worker, results_of
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
@@ -145,17 +144,7 @@ class Sweep:
         self.harness.start_worker()
 
     async def finish(self) -> None:
-        deadline = time.monotonic() + self.finish_timeout_s
-        await asyncio.wait_for(self.feed, timeout=self.finish_timeout_s)
-        for workflow_id, handle in self.handles.items():
-            try:
-                self.results[workflow_id] = await asyncio.wait_for(handle.result(),
-                                                                   max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                self.results[workflow_id] = TimeoutError(f"not finished within {self.finish_timeout_s:.0f} s "
-                                                         "of the last restart")
-            except Exception as err:  # the workflow failed: verify() reports it
-                self.results[workflow_id] = err
+        self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)
 
     async def logical_calls(self) -> list[LogicalCall]:
         entries = self.llm.ledger().entries(caller=self.harness.api_key)

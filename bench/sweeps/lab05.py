@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -46,7 +45,7 @@ from labkit.web import DEFAULT_CORPUS, CourseWeb, load_corpus, rank
 
 from .common import graded_copy, with_latency
 from .lab01 import ForkedWorkers
-from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker
+from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker, results_of
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "httpx"]
@@ -203,17 +202,7 @@ class Sweep:
         self.harness.start_worker()
 
     async def finish(self) -> None:
-        deadline = time.monotonic() + self.finish_timeout_s
-        await asyncio.wait_for(self.feed, timeout=self.finish_timeout_s)
-        for workflow_id, handle in self.handles.items():
-            try:
-                self.results[workflow_id] = await asyncio.wait_for(handle.result(),
-                                                                   max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                self.results[workflow_id] = TimeoutError(f"not finished within {self.finish_timeout_s:.0f} s "
-                                                         "of the last restart")
-            except Exception as err:  # the workflow failed: verify() reports it
-                self.results[workflow_id] = err
+        self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)
         self.outcomes = {}  # workflow id: (activities, pages given up, those given up because both attempts were killed)
         for workflow_id, handle in self.handles.items():
             activities = await self._activities(handle)

@@ -28,7 +28,6 @@ call outside a workflow.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -44,7 +43,7 @@ from labkit.sweep import LogicalCall, Violation
 
 from .common import graded_copy, with_latency
 from .lab01 import ForkedWorkers
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker
+from .temporal_kit import WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker, results_of
 
 MODEL_ACTIVITY = "invoke_model_activity"
 NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}  # offline: the Agents SDK would export traces
@@ -178,17 +177,7 @@ class Sweep:
         self.harness.start_worker()
 
     async def finish(self) -> None:
-        deadline = time.monotonic() + self.finish_timeout_s
-        await asyncio.wait_for(self.feed, timeout=self.finish_timeout_s)
-        for workflow_id, handle in self.handles.items():
-            try:
-                self.results[workflow_id] = await asyncio.wait_for(handle.result(),
-                                                                   max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                self.results[workflow_id] = TimeoutError(f"not finished within {self.finish_timeout_s:.0f} s "
-                                                         "of the last restart")
-            except Exception as err:  # the workflow failed: verify() reports it
-                self.results[workflow_id] = err
+        self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)
 
     # --- the ledgers ----------------------------------------------------------------------------------
 

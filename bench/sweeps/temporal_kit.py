@@ -13,7 +13,9 @@ A workflow task that was running waits out the task timeout the sweep starts wor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from datetime import datetime, timedelta, timezone
 
 from temporalio.api.enums.v1 import PendingActivityState
@@ -71,3 +73,19 @@ async def completed_activities(handle: WorkflowHandle) -> set[str]:
     """Names of the activities whose result the history records."""
     history = await handle.fetch_history()
     return {run.name for run in temporal.activity_runs(history) if run.outcome == "completed"}
+
+
+async def results_of(handles: dict[str, WorkflowHandle], feed: asyncio.Task, timeout_s: float) -> dict[str, object]:
+    """Each workflow's result, or the exception it failed with, or a TimeoutError when it did not
+    finish within `timeout_s` of now (the last restart); `feed` (the task starting them) first."""
+    deadline = time.monotonic() + timeout_s
+    await asyncio.wait_for(feed, timeout=timeout_s)
+    results: dict[str, object] = {}
+    for workflow_id, handle in handles.items():
+        try:
+            results[workflow_id] = await asyncio.wait_for(handle.result(), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            results[workflow_id] = TimeoutError(f"not finished within {timeout_s:.0f} s of the last restart")
+        except Exception as err:  # the workflow failed: verify() reports it
+            results[workflow_id] = err
+    return results
