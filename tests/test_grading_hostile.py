@@ -25,6 +25,7 @@ bound: HOSTILE_PORTS is a free port the test picks.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from labkit import course as course_mod
 from labkit import limits
 from labkit.pristine import Snapshot
 from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_with, failed_checks, leftovers
@@ -189,6 +191,28 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
     assert found["exit_in_activity"]
     assert "crash-resume: Your worker exited while workflow A was on its way to parse_json's retry " \
            "(exit status 3)" in reason["exit_in_activity"], reason["exit_in_activity"]
+
+
+def test_a_hostile_lab_does_not_stop_the_same_submissions_other_lab(tmp_path):
+    """Given one submission whose Lab 01 leaves escaping daemons behind and whose Lab 02 is correct,
+    When `lab grade --labs 01,02 --jobs 2` grades it,
+    Then Lab 01 gets the escaped-process verdict and 0, Lab 02 full marks, and nothing is left."""
+    course = course_copy(tmp_path / "course")
+    class_dir, proof = tmp_path / "class", tmp_path / "notes"
+    proof.mkdir()
+    submission = hostile(class_dir, "escaping_child", "mallory")
+    lab02 = course_mod.load().lab("02")
+    shutil.copytree(lab02.solution_dir, submission / "labs" / lab02.slug, ignore=IGNORE)
+    env = {"HOSTILE_NOTES_DIR": str(proof), "LAB_SANDBOX_WRITABLE": str(proof)}
+    graded = grade_from(course, class_dir, tmp_path / "out", "--labs", "01,02", "--jobs", "2",
+                        "--time-limit", str(TIME_LIMIT_S), env=env)
+    assert graded.returncode == 0, graded.describe()
+    with open(graded.out / "grades.csv", newline="") as handle:
+        rows = {row["lab"]: row for row in csv.DictReader(handle)}
+    assert rows["01"]["score"] == "0" and "left " in rows["01"]["failed_checks"] and \
+        "process(es) running after its checks" in rows["01"]["failed_checks"], rows["01"]
+    assert (rows["02"]["score"], rows["02"]["max"], rows["02"]["failed_checks"]) == \
+        (str(lab02.max_points), str(lab02.max_points), ""), graded.describe()
 
 
 # --- without the sandbox (a kernel without Landlock; LAB_SANDBOX=0): detected, and cleaned up --------
