@@ -47,9 +47,13 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
 
 
 def last_exception(log: str) -> str:
-    """The exception line of a traceback (psycopg's UniqueViolation included, which student_error misses)."""
+    """The exception line of a traceback (psycopg's UniqueViolation included, which student_error misses);
+    else the log's last line (a sys.exit("message") prints only the message, e.g. Lab 04's `approve`)."""
     lines = [line for line in log.splitlines() if EXCEPTION_LINE.match(line) and not line.startswith(("DETAIL", "HINT"))]
-    return student_error(log) or (lines[-1] if lines else "no error in its log")
+    if found := student_error(log) or (lines[-1] if lines else None):
+        return found
+    tail = [line for line in log.splitlines() if line.strip()]
+    return f"no exception; its log ends {tail[-1][:200]!r}" if tail else "no error in its log (empty)"
 
 
 def node_of(prompt: str) -> str | None:

@@ -112,6 +112,7 @@ class Sweep:
             for slug in self._pages_of_query():
                 self.web.set_behaviour(slug, caller=caller, slow_ms=self.page_ms)
         self.runs: dict[str, list[tuple[str, object]]] = {}  # thread: (command, process), oldest first
+        self.started_at: dict[int, float] = {}  # pid: time.monotonic() at its start
         self.paused_by_kill: set[str] = set()  # killed after the pause was saved: waits for the human
         self.done_by_kill: set[str] = set()  # approve killed after review was saved: nothing left to do
         self.epoch_start = time.time()
@@ -147,6 +148,7 @@ class Sweep:
             process = proc.start([sys.executable, "-m", module, *argv], name=name, log_path=log_path, env=env,
                                  cwd=self.trial_dir)
         runs.append((command, process))
+        self.started_at[process.pid] = time.monotonic()
 
     def _approve(self, thread: str) -> None:
         _, edit = self.threads[thread]
@@ -269,16 +271,22 @@ class Sweep:
             else:
                 self._spawn(thread, "resume")
 
+    def _failed(self, thread: str) -> bool:
+        """The thread's last process exited non-zero by itself (not by the sweep's kill): it will not finish."""
+        _, process = self.runs[thread][-1]
+        return process.returncode not in (None, 0) and thread not in self.done_by_kill | self.paused_by_kill
+
     async def finish(self) -> None:
-        deadline = time.monotonic() + self.finish_timeout_s
-        while time.monotonic() < deadline:
-            done = [self._finished(thread) for thread in self.runs]
-            if len(done) == len(self.threads) and all(done):
-                break
-            if any(runs[-1][1].returncode not in (None, 0) and thread not in self.done_by_kill | self.paused_by_kill
-                   for thread, runs in self.runs.items()):
-                break  # a process failed: verify() says which
+        # Wait until every thread has finished or failed, not until the first failure: stopping then
+        # would report the other threads' processes, started a moment before at the same restart, as
+        # "still running" with no request made (that was the "replay hang" of commit 2eb1e24).
+        started = time.monotonic()
+        while time.monotonic() < started + self.finish_timeout_s:
+            settled = [self._finished(thread) or self._failed(thread) for thread in self.runs]
+            if len(settled) == len(self.threads) and all(settled):
+                break  # verify() says which failed
             await asyncio.sleep(0.05)
+        self.waited_s = time.monotonic() - started
         self.feed.cancel()
 
     # --- the ledgers ----------------------------------------------------------------------------------
@@ -313,7 +321,9 @@ class Sweep:
             command, last = runs[-1] if runs else ("-", None)
             if last is None or not self._finished(thread):
                 state = ("never started" if last is None else
-                         f"{command} still running" if last.alive else
+                         f"{command} still running, {time.monotonic() - self.started_at[last.pid]:.1f} s after "
+                         f"its start (the sweep waited {self.waited_s:.1f} s of {self.finish_timeout_s:.0f} s for "
+                         f"the threads to finish or fail)" if last.alive else
                          f"{command} exit status {last.returncode}: {last_exception(last.output())}"
                          if last.returncode else f"{command} exited 0, never approved")
                 found.append(Violation(trial, thread, "thread lost", f"its last process: {state}",
