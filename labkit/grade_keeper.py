@@ -61,6 +61,9 @@ def kill_descendants(grace: float = 1.0, timeout: float = 10.0) -> list[str]:
         found = _running_descendants()
         if not found:
             break
+        for process in found:  # freeze them all first: a fork loop cannot outrun a frozen parent
+            with contextlib.suppress(psutil.Error):
+                process.suspend()
         for process in found:
             with contextlib.suppress(psutil.Error):
                 left.append(f"pid {process.pid}: {' '.join(process.cmdline())[:160]}")

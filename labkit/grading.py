@@ -242,12 +242,12 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
         result.error = (f"wrote outside its folder: {_listed(changed)} (files the grader trusts changed "
                         "during this run; restore them before grading on)")
         records = {}
+    elif timed_out:  # before leftovers: a run stopped at its limit leaves its servers' processes too
+        result.error = f"time limit: grading took longer than {time_limit:.0f} s and was stopped"
     elif escaped:
         result.error = (f"left {len(escaped)} process(es) running after its checks, detached from the "
                         f"worker (killed by the grader): {escaped[0]}")
         records = {}
-    elif timed_out:
-        result.error = f"time limit: grading took longer than {time_limit:.0f} s and was stopped"
     elif report is None:
         result.error = "the checks did not finish: " + _tail(output)
     elif any(c.name not in records for c in lab.checks):

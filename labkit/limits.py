@@ -3,15 +3,18 @@
 Every program that runs student code (a worker, a graph run, a replay, a fork-server child)
 gets, between fork and exec (or right after the fork server's fork):
 
-- rlimits: RLIMIT_DATA (heap and other private writable memory; default 1024 MiB, about 6x the
-  largest peak measured in the labs' reference solutions), RLIMIT_CPU (seconds of CPU; a busy loop
+- rlimits: RLIMIT_DATA (heap and other private writable memory; default 2048 MiB, about 12x the
+  largest peak measured in the labs' reference solutions: thread stacks count too, each thread
+  reserves RLIMIT_STACK's 8 MiB, so 2 GiB leaves room for ~200 threads), RLIMIT_CPU (seconds of CPU; a busy loop
   that escaped everything else still ends), RLIMIT_FSIZE (no file over 512 MiB), RLIMIT_CORE = 0.
   RLIMIT_DATA rather than RLIMIT_AS: Temporal's Rust core and glibc reserve a 64 MiB malloc arena
   per thread (a worker's address space is ~1 GiB and grows with the machine's cores), but
   reservations are not data until they are written to. RLIMIT_NPROC is not set: the kernel does
-  not enforce it for root, and graders run as root (in containers, on Gradescope).
+  not enforce it for root, and graders run as root (in containers, on Gradescope). A limit is
+  never set above the hard limit the grader itself inherited (that would fail the start).
 - Landlock, when the kernel has it and a check session asked for it (`allow_writes_under`): the
-  process may write only under the session's temp dirs and /dev/null; it may not bind a TCP port
+  process may write only under the session's temp dirs, /dev/shm (multiprocessing's locks and
+  queues live there) and /dev/null; it may not bind a TCP port
   (ABI 4+), signal processes outside its sandbox (ABI 6+), or ptrace / read the memory, environment
   or open files (/proc/PID/fd) of any process outside it (every ABI). Landlock survives exec and
   fork, and a process cannot leave it.
@@ -33,7 +36,7 @@ import sys
 from dataclasses import dataclass, field
 
 MIB = 1 << 20
-DEFAULT_MEMORY_MB = 1024
+DEFAULT_MEMORY_MB = 2048
 DEFAULT_CPU_S = 300
 DEFAULT_FILE_MB = 512
 
@@ -49,12 +52,14 @@ _NET_BIND_TCP = 1  # ABI 4
 _SCOPE_SIGNAL = 2  # ABI 6
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
-_SYS_CAPSET = 126 if os.uname().machine == "x86_64" else 91  # aarch64 and the generic table: 91
+# capset's number differs by architecture; where we do not know it, capabilities are left alone.
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91, "arm64": 91, "riscv64": 91}.get(os.uname().machine)
 _CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 if _libc is not None:
     _libc.syscall.restype = ctypes.c_long
+    _libc.prctl  # resolved now: looking a symbol up between fork and exec is not async-signal-safe
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -108,10 +113,11 @@ class StudentLimits:
                    sandbox=env.get("LAB_SANDBOX", "1") not in ("0", "no", "false"))
 
     def rlimits(self) -> list[tuple[int, tuple[int, int]]]:
-        return [(resource.RLIMIT_DATA, (self.memory_mb * MIB,) * 2),
-                (resource.RLIMIT_CPU, (self.cpu_s, self.cpu_s + 5)),  # soft: SIGXCPU, hard: SIGKILL
-                (resource.RLIMIT_FSIZE, (self.file_mb * MIB,) * 2),
-                (resource.RLIMIT_CORE, (0, 0))]
+        wanted = [(resource.RLIMIT_DATA, (self.memory_mb * MIB,) * 2),
+                  (resource.RLIMIT_CPU, (self.cpu_s, self.cpu_s + 5)),  # soft: SIGXCPU, hard: SIGKILL
+                  (resource.RLIMIT_FSIZE, (self.file_mb * MIB,) * 2),
+                  (resource.RLIMIT_CORE, (0, 0))]
+        return [(which, _within_hard_limit(which, soft, hard)) for which, (soft, hard) in wanted]
 
     def describe(self) -> str:
         """One line for teaching messages: what a student process may use."""
@@ -119,6 +125,16 @@ class StudentLimits:
                    if self.writable and self.sandbox and landlock_abi() else "no write sandbox")
         return (f"{self.memory_mb} MiB of memory (LAB_STUDENT_MEMORY_MB), {self.cpu_s} s of CPU, "
                 f"files up to {self.file_mb} MiB, {sandbox}")
+
+
+def _within_hard_limit(which: int, soft: int, hard: int) -> tuple[int, int]:
+    """Lower a wanted limit to the hard limit this process already has: raising it needs
+    CAP_SYS_RESOURCE, and setrlimit would fail in the child, between fork and exec."""
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:
+        hard = min(hard, current_hard)
+        soft = min(soft, hard)
+    return soft, hard
 
 
 _policy = StudentLimits.from_env()
@@ -154,7 +170,7 @@ def _landlock_ruleset(writable: list[str]) -> int:
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     file_rights = _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0)
-    for path, rights in [*((p, fs) for p in writable), (os.devnull, file_rights)]:
+    for path, rights in [*((p, fs) for p in writable), ("/dev/shm", fs), (os.devnull, file_rights)]:
         with contextlib.suppress(FileNotFoundError):
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
@@ -194,13 +210,14 @@ class Confinement:
         """Root without capabilities: it cannot raise its hard rlimits again (CAP_SYS_RESOURCE), nor
         ptrace or read /proc/PID/{mem,environ,fd} of processes outside the sandbox (CAP_SYS_PTRACE
         exempts a process from Landlock's ptrace rule), nor regain any after exec (bounding set)."""
-        if self.last_capability < 0:
+        if self.last_capability < 0 or _SYS_CAPSET is None:
             return
         for capability in range(self.last_capability + 1):
             _libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0)  # fails only without CAP_SETPCAP
         header = _CapHeader(_CAPABILITY_VERSION_3, 0)
-        if _libc.syscall(_SYS_CAPSET, ctypes.byref(header), ctypes.byref(self.no_capabilities)) != 0:
-            raise OSError(ctypes.get_errno(), "capset failed")
+        # Dropping every capability is always allowed; should a kernel or seccomp profile refuse it,
+        # the program still runs (the limits and the sandbox hold; only root could undo the limits).
+        _libc.syscall(_SYS_CAPSET, ctypes.byref(header), ctypes.byref(self.no_capabilities))
 
     def close(self) -> None:
         """In the parent, once the child has started."""

@@ -28,6 +28,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 
 # --- the server (runs as `python -m labkit.prefork SOCKET MODULE...`; stdlib only) ---------------
@@ -56,6 +57,9 @@ def _serve(sock_path: str, preload: list[str]) -> dict | None:
         for key, _ in selector.select(timeout=0.005):
             if key.fileobj is listener:
                 conn, _ = listener.accept()
+                if not _from_grader(conn):  # a student process found the socket: no fork for it
+                    conn.close()
+                    continue
                 buffers[conn] = b""
                 selector.register(conn, selectors.EVENT_READ)
                 continue
@@ -96,6 +100,17 @@ def _serve(sock_path: str, preload: list[str]) -> dict | None:
                 except OSError:
                     pass
                 conn.close()
+
+
+def _from_grader(conn: socket.socket) -> bool:
+    """Only the process that started the server (the check) may ask it for a child. A student's
+    process can reach the socket (same user; Landlock does not cover connecting to a unix socket)
+    and would otherwise get a child with the limits of its choosing."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # not Linux: no sandbox to escape either
+    credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    peer_pid, _, _ = struct.unpack("3i", credentials)
+    return peer_pid == os.getppid()
 
 
 def _become_child(request: dict, server_pid: int, base_path: list[str], conn: socket.socket) -> None:

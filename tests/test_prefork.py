@@ -140,3 +140,29 @@ def test_kill_stops_a_child(forks):
     assert child.alive
     child.kill()
     assert child.returncode == -9 and not child.alive
+
+
+def test_only_the_process_that_started_the_server_gets_a_child(forks):
+    """Given a fork server started by this process,
+    When another process (a student's, which can reach the socket) asks it for a child with limits
+      of its own choosing,
+    Then the server hangs up without forking, and still serves this process afterwards."""
+    ask = textwrap.dedent(f"""\
+        import json, socket
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect({forks.socket_path!r})
+        try:
+            conn.sendall(json.dumps({{"module": "prog_exits", "args": ["0"], "env": {{}}, "cwd": {str(forks.root)!r},
+                                      "log": "/dev/null", "limits": {{"sandbox": False}}}}).encode() + b"\\n")
+            conn.settimeout(10)
+            print("answer", conn.recv(4096))
+        except (ConnectionResetError, BrokenPipeError):  # it hung up before or while we spoke
+            print("answer", b"")
+        """)
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", ask], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "answer b''", f"observed {done.stdout!r}; expected the server to hang up"
+    _, code, _ = run(forks, "exits", "0")
+    assert code == 0
