@@ -49,6 +49,7 @@ pytestmark = pytest.mark.timeout(300)
 HOSTILE = REPO / "tests" / "hostile"
 COURSE_PARTS = ("checks", "labkit", "labs", "solutions", "course.toml", "pyproject.toml")
 TIME_LIMIT_S = 120
+HOG_LIMIT_MB = 512
 
 
 def test_each_hostile_block_is_marked_and_compiles_onto_the_solution():
@@ -132,8 +133,10 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
     for case in ("import_loop", "escaping_child", "memory_hog", "writes_outside", "port_binder",
                  "exit_in_activity", "exit_in_pytest"):
         hostile(class_dir, case)
+    # The hog meets a 512 MiB limit (an instructor's LAB_STUDENT_MEMORY_MB) rather than the 2 GiB
+    # default: the same mechanism and verdict, without touching 2 GiB three times on a busy machine.
     env = {"HOSTILE_NOTES_DIR": str(proof), "LAB_SANDBOX_WRITABLE": str(proof), "HOSTILE_TAG": tag,
-           "HOSTILE_PORTS": str(port)}
+           "HOSTILE_PORTS": str(port), "LAB_STUDENT_MEMORY_MB": str(HOG_LIMIT_MB)}
     try:
         graded = grade_from(course, class_dir, tmp_path / "out", "--labs", "01", "--jobs", "2",
                             "--time-limit", str(TIME_LIMIT_S), env=env)
@@ -169,11 +172,11 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
     for daemon in daemons:
         assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
 
-    assert found["memory_hog"] and all(n["mib"] <= limits.DEFAULT_MEMORY_MB for n in found["memory_hog"])
+    assert found["memory_hog"] and all(n["mib"] <= HOG_LIMIT_MB for n in found["memory_hog"])
     # (under load the three attempts can run out before the check sees the first retry)
     assert reason["memory_hog"].startswith(("crash-resume: call_llm failed (attempt 1): MemoryError",
                                             "crash-resume: The workflow failed: MemoryError")), reason["memory_hog"]
-    assert "LAB_STUDENT_MEMORY_MB" in junit_failure(graded, "memory_hog")
+    assert f"may use {HOG_LIMIT_MB} MiB (LAB_STUDENT_MEMORY_MB)" in junit_failure(graded, "memory_hog")
 
     (attempt,) = found["writes_outside"]
     assert set(attempt["outcome"].values()) == {"Permission denied"}, attempt
