@@ -11,6 +11,7 @@ TEMPORAL_ADDRESS for Temporal.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -33,9 +34,37 @@ class ServiceError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nobody listens on now, picked BELOW the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 is free only until someone else binds it, and the
+    kernel hands the same range out to every outgoing connection and to every server that binds
+    port 0, like the Temporal dev server's five internal services (measured: 34747..49963 beside a
+    frontend on 49963). Between our pick and the server's bind one of those could take it
+    ("bind: address already in use", seen in make test). Below the range only another free_port()
+    pick can clash, one chance in ~20,000 per pair."""
+    low, high = _pool()
+    pick = random.SystemRandom()
+    for _ in range(100):
+        port = pick.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded pool: let the kernel choose
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def _pool() -> tuple[int, int]:
+    """Ports 10000 up to the start of the kernel's ephemeral range (Linux: 32768), above the
+    course's fixed ports (7233, 8233, 8300-8320, 5433) and Jupyter's 8888."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # macOS and others use 49152 and up: below 32768 is outside it too
+    return 10000, max(ephemeral_low - 1, 11000)
 
 
 def port_open(port: int, host: str = HOST) -> bool:

