@@ -21,14 +21,14 @@ from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
 
-from labkit import course, prefork, proc
+from labkit import course, prefork
 from labkit.harness import WorkerHarness
 from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
 
 from .common import graded_copy, with_latency
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, landing, release_dead_worker, results_of
+from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, release_dead_worker, results_of, WorkerScenario
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
@@ -52,7 +52,7 @@ class ForkedWorkers(WorkerHarness):
         return worker
 
 
-class Sweep:
+class Sweep(WorkerScenario):
     lab = "01"
 
     def __init__(self, workdir: Path, subjects: int = 4, path: Path | None = None, latency_ms: int = 400,
@@ -105,12 +105,6 @@ class Sweep:
         self.gate, self.feed = gate, None
         self.harness.start_worker()
 
-    async def wait_ready(self) -> None:
-        worker = self.harness.workers[-1]
-        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
-        if self.feed is None:  # the first worker polls: start the runs, staggered
-            self.feed = asyncio.create_task(self._start_runs())
-
     async def _start_runs(self) -> None:
         for n, (workflow_id, marker) in enumerate(self.plan.items()):
             if n:
@@ -122,16 +116,6 @@ class Sweep:
                 "AnalyzeWorkflow", {"prompt": prompt}, id=workflow_id, task_queue=self.harness.task_queue,
                 task_timeout=WORKFLOW_TASK_TIMEOUT)
 
-    def processes(self) -> list[proc.ManagedProcess]:
-        return [self.harness.workers[-1]]
-
-    async def landings(self) -> list[str]:
-        found = []
-        for workflow_id in self.plan:
-            handle = self.handles.get(workflow_id)
-            found.append(await landing(handle) if handle else "workflow not started yet")
-        return found
-
     async def after_kill(self) -> None:
         for handle in list(self.handles.values()):
             self.attempts_failed_for_dead_workers += await release_dead_worker(self.client, handle)
@@ -139,9 +123,6 @@ class Sweep:
     async def recorded(self) -> set[str]:
         return {f"{workflow_id}/call_llm" for workflow_id, handle in list(self.handles.items())
                 if "call_llm" in await completed_activities(handle)}
-
-    async def restart(self) -> None:
-        self.harness.start_worker()
 
     async def finish(self) -> None:
         self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)

@@ -45,7 +45,7 @@ from labkit.web import DEFAULT_CORPUS, CourseWeb, load_corpus, rank
 
 from .common import graded_copy, with_latency
 from .lab01 import ForkedWorkers
-from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker, results_of
+from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, release_dead_worker, results_of, WorkerScenario
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "httpx"]
@@ -54,7 +54,7 @@ MAX_SOURCES, MAX_PARALLEL = 4, 3
 EXTRACT_ATTEMPTS = 2  # the lab's EXTRACT_RETRY (the check holds the solution to it)
 
 
-class Sweep:
+class Sweep(WorkerScenario):
     lab = "05"
 
     def __init__(self, workdir: Path, subjects: int = 4, path: Path | None = None, latency_ms: int = 300,
@@ -121,12 +121,6 @@ class Sweep:
         self.gate, self.feed = gate, None
         self.harness.start_worker()
 
-    async def wait_ready(self) -> None:
-        worker = self.harness.workers[-1]
-        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
-        if self.feed is None:  # the first worker polls: start the runs, staggered
-            self.feed = asyncio.create_task(self._start_runs())
-
     async def _start_runs(self) -> None:
         for n, (workflow_id, (topic, _)) in enumerate(self.plan.items()):
             if n:
@@ -136,16 +130,6 @@ class Sweep:
             self.handles[workflow_id] = await self.client.start_workflow(
                 "ResearchWorkflow", request, id=workflow_id, task_queue=self.harness.task_queue,
                 task_timeout=WORKFLOW_TASK_TIMEOUT)
-
-    def processes(self) -> list:
-        return [self.harness.workers[-1]]
-
-    async def landings(self) -> list[str]:
-        found = []
-        for workflow_id in self.plan:
-            handle = self.handles.get(workflow_id)
-            found.append(await landing(handle) if handle else "workflow not started yet")
-        return found
 
     async def after_kill(self) -> None:
         for workflow_id, handle in list(self.handles.items()):
@@ -197,9 +181,6 @@ class Sweep:
                 elif name == "llm_summarize":
                     found.add(f"{workflow_id}/summarize")
         return found
-
-    async def restart(self) -> None:
-        self.harness.start_worker()
 
     async def finish(self) -> None:
         self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)

@@ -43,7 +43,7 @@ from labkit.sweep import LogicalCall, Violation
 
 from .common import graded_copy, with_latency
 from .lab01 import ForkedWorkers
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, landing, release_dead_worker, results_of
+from .temporal_kit import WORKFLOW_TASK_TIMEOUT, release_dead_worker, results_of, WorkerScenario
 
 MODEL_ACTIVITY = "invoke_model_activity"
 NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}  # offline: the Agents SDK would export traces
@@ -62,7 +62,7 @@ def belongs(key: str | None, workflow_id: str) -> bool:
     return key is not None and (key == workflow_id or key.startswith(f"{workflow_id}/"))
 
 
-class Sweep:
+class Sweep(WorkerScenario):
     lab = "06"
 
     def __init__(self, workdir: Path, subjects: int = 4, path: Path | None = None, latency_ms: int = 300,
@@ -129,12 +129,6 @@ class Sweep:
         self.sink.hold(caller=self.token, times=10_000, release_after_s=self.send_latency_s)
         self.harness.start_worker()
 
-    async def wait_ready(self) -> None:
-        worker = self.harness.workers[-1]
-        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
-        if self.feed is None:  # the first worker polls: start the runs, staggered
-            self.feed = asyncio.create_task(self._start_runs())
-
     async def _start_runs(self) -> None:
         for n, (workflow_id, kind) in enumerate(self.plan.items()):
             if n:
@@ -144,16 +138,6 @@ class Sweep:
             self.handles[workflow_id] = await self.client.start_workflow(
                 "AnalystAgentWorkflow", {"question": question, "model": "gpt-4o-mini"}, id=workflow_id,
                 task_queue=self.harness.task_queue, task_timeout=WORKFLOW_TASK_TIMEOUT)
-
-    def processes(self) -> list:
-        return [self.harness.workers[-1]]
-
-    async def landings(self) -> list[str]:
-        found = []
-        for workflow_id in self.plan:
-            handle = self.handles.get(workflow_id)
-            found.append(await landing(handle) if handle else "workflow not started yet")
-        return found
 
     async def after_kill(self) -> None:
         for handle in list(self.handles.values()):
@@ -172,9 +156,6 @@ class Sweep:
             sent = {f"{workflow_id}/{run.activity_id}" for run in completed if run.name == "send_notification"}
             found |= {f"sink:{workflow_id}/{a.channel}" for a in attempts if a.key in sent}
         return found
-
-    async def restart(self) -> None:
-        self.harness.start_worker()
 
     async def finish(self) -> None:
         self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)

@@ -89,3 +89,29 @@ async def results_of(handles: dict[str, WorkflowHandle], feed: asyncio.Task, tim
         except Exception as err:  # the workflow failed: verify() reports it
             results[workflow_id] = err
     return results
+
+
+class WorkerScenario:
+    """What every Temporal sweep scenario does the same way: its runs start once the first worker
+    polls (staggered by the subclass's `_start_runs`), a kill kills the latest worker, a restart
+    starts a new one, and the landings say where each workflow stood.
+    Needs: harness, client, identities, feed, plan, handles, _start_runs()."""
+
+    async def wait_ready(self) -> None:
+        worker = self.harness.workers[-1]
+        self.identities |= await self.harness.wait_polling(self.client, worker, self.identities)
+        if self.feed is None:  # the first worker polls: start the runs, staggered
+            self.feed = asyncio.create_task(self._start_runs())
+
+    def processes(self) -> list:
+        return [self.harness.workers[-1]]
+
+    async def landings(self) -> list[str]:
+        found = []
+        for workflow_id in self.plan:
+            handle = self.handles.get(workflow_id)
+            found.append(await landing(handle) if handle else "workflow not started yet")
+        return found
+
+    async def restart(self) -> None:
+        self.harness.start_worker()
