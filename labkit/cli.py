@@ -145,6 +145,9 @@ def check(
     if repeat > 1:
         raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose))
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown} … this takes a few seconds")
+    ignored = lab.ignored_edits_note(target)
+    if ignored:
+        console.print(ignored, style="yellow", markup=False)
     started = time.monotonic()
     records = run_checks(lab, args, verbose)
     for record in records:

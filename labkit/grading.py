@@ -70,6 +70,7 @@ class LabResult:
     duration: float = 0.0
     started_at: float = field(default_factory=time.time)  # wall clock, for the JUnit timestamp
     trusted_changes: list[str] = field(default_factory=list)  # files the grader trusts that changed meanwhile
+    note: str = ""  # e.g. the course's files whose edits were ignored
 
     @property
     def score(self) -> int:
@@ -195,6 +196,7 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     workdir.mkdir(parents=True, exist_ok=True)
     graded = workdir / "submitted" / lab.slug  # a snapshot: regular files only, never a symlink
     skipped = copy_regular_files(result.folder, graded)
+    result.note = lab.ignored_edits_note(graded)
     key = secrets.token_hex(32).encode()
     marker = uuid.uuid4().hex
     escaped_note = workdir / "escaped.txt"  # the keeper's list; outside the student's sandbox
@@ -233,6 +235,7 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         note = f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
+        note += f"{result.note}\n" if result.note else ""
         note += "".join(f"left running after the checks (killed): {line}\n" for line in escaped)
         log_path.write_bytes(note.encode() + (output or b""))
     report = verified_report(output or b"", key)
@@ -416,7 +419,7 @@ def gradescope_results(results: list[LabResult]) -> dict:
                           "status": "passed" if c.passed else "failed", "output": output,
                           "visibility": "visible"})
     summary = "\n".join(f"lab{r.lab.id}: {r.score}/{r.max_score}" + (f" ({r.error})" if r.error else "")
-                        for r in results)
+                        + (f"\n  {r.note}" if r.note else "") for r in results)
     return {"score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results),
             "execution_time": round(sum(r.duration for r in results), 2), "output": summary,
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests}

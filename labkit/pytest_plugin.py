@@ -43,12 +43,17 @@ def pytest_configure(config):
 
 @dataclass(frozen=True)
 class LabTarget:
-    """A copy of the graded lab folder, importable as the package `name` from `root`."""
+    """A copy of the graded lab folder, importable as the package `name` from `root`.
+
+    Only the student's files (course.toml `edits`, and files they add) come from `source`; every
+    other file of the lab is the course's own copy. `ignored`: the course's files that `source`
+    held changed (their edits were ignored)."""
 
     lab: course.Lab
     source: Path
     root: Path
     name: str
+    ignored: tuple[str, ...] = ()
 
     def module(self, short: str) -> str:
         return f"{self.name}.{short}"
@@ -75,8 +80,22 @@ def make_target(config, lab: course.Lab, tmp: Path) -> LabTarget:
         raise pytest.UsageError(f"no lab folder at {source}")
     root = tmp / "graded"
     shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE)
+    ignored = tuple(lab.edited_course_files(source))
+    # The harness (workers, starters, models, crash and LLM helpers) is the course's, whatever the
+    # submission holds: a check must not run a crash or an LLM client the student rewrote.
+    for name in lab.course_files:
+        shutil.copyfile(lab.solution_dir / name, root / lab.slug / name)
     (root / lab.slug / "__init__.py").touch()
-    return LabTarget(lab=lab, source=source, root=root, name=lab.slug)
+    _IGNORED_NOTES[lab.slug] = lab.ignored_edits_note(source)
+    return LabTarget(lab=lab, source=source, root=root, name=lab.slug, ignored=ignored)
+
+
+_IGNORED_NOTES: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    for note in filter(None, _IGNORED_NOTES.values()):
+        terminalreporter.write_line(note)
 
 
 @pytest.fixture(scope="module")
