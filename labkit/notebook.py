@@ -4,7 +4,8 @@
 - the services, started from the notebook: Temporal (Web UI on 8233 when that port is
   free) and the course LLM, bound to 127.0.0.1, stopped by ``services.stop()``;
 - waiting for things a human watches: a worker that polls, a retry backoff, a process that
-  a human kills with ``kill -9``; headless runs (``LAB_NOTEBOOK_AUTORUN=1``) skip the human;
+  a human kills with ``kill -9``; a headless run (``autorun()``: nbconvert --execute, papermill,
+  nbclient, CI, or ``LAB_NOTEBOOK_AUTORUN=1``) never waits for a human: it does those steps itself;
 - the ``temporal`` CLI and the autograder, run as the student would type them.
 
 Generic over labs. Cells run on the kernel's main thread, which is where processes must be
@@ -34,9 +35,53 @@ T = TypeVar("T")
 TEMPORAL_PORT, UI_PORT = 7233, 8233  # the course's ports everywhere in the docs
 
 
+AUTORUN_VAR = "LAB_NOTEBOOK_AUTORUN"
+_CI_VARS = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "JENKINS_URL", "TF_BUILD")
+
+
 def autorun() -> bool:
-    """True in headless runs (tests, CI): no human in the loop, steps that wait for one act alone."""
-    return os.environ.get("LAB_NOTEBOOK_AUTORUN") == "1"
+    """True in a headless run: nobody is at the keyboard, so the steps that wait for a human (kill
+    the worker by hand, approve from a terminal) act alone. See headless() for how it is told."""
+    return headless() is not None
+
+
+def headless() -> str | None:
+    """Why this is a headless run, or None when a person runs the notebook.
+
+    - ``LAB_NOTEBOOK_AUTORUN=1`` says headless, ``LAB_NOTEBOOK_AUTORUN=0`` says a person (either
+      wins over what follows);
+    - a CI runner (``CI`` and the like in the environment);
+    - a kernel whose frontend cannot answer ``input()``: every cell is sent with ``allow_stdin``
+      false by nbclient, which `jupyter nbconvert --execute`, `jupyter execute` and papermill run
+      on; JupyterLab, Notebook and VS Code allow it;
+    - no kernel at all (the cells run as a script) with no terminal on stdin.
+    """
+    chosen = os.environ.get(AUTORUN_VAR, "").strip().lower()
+    if chosen in ("1", "true", "yes"):
+        return f"{AUTORUN_VAR}=1"
+    if chosen in ("0", "false", "no"):
+        return None
+    for name in _CI_VARS:
+        if os.environ.get(name, "").strip().lower() not in ("", "0", "false"):
+            return f"CI ({name} is set)"
+    kernel = _kernel()
+    if kernel is not None:
+        if not getattr(kernel, "_allow_stdin", True):
+            return "the frontend cannot answer input() (nbconvert --execute, papermill, nbclient)"
+        return None
+    if not (sys.stdin and sys.stdin.isatty()):
+        return "no kernel and no terminal"
+    return None
+
+
+def _kernel():
+    """The running IPython kernel, or None outside one (a script, a terminal IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return getattr(shell, "kernel", None) if shell is not None else None
 
 
 def lab_folder(lab: course.Lab) -> Path:

@@ -23,7 +23,7 @@ A lab's self-test, tests/test_labNN_selftest.py, is a table of its variants and 
         Variant("no_interrupt", changed=("graph.py",), blocked=AFTER_RESUME, fails={
             "pauses-for-review": ("The graph ran past the review step", "interrupt()"),
         }),
-        Variant("slow_variant", changed=("graph.py",), budget_s=60, fails={...}),
+        Variant("slow_variant", changed=("graph.py",), hang_limit_s=900, fails={...}),
         Variant("good_other_shape"),
     ]
 
@@ -37,6 +37,11 @@ A lab's self-test, tests/test_labNN_selftest.py, is a table of its variants and 
     @parametrize(bad(VARIANTS))
     def test_bad_variant_is_the_solution_with_one_marked_bug(variant):
         assert_solution_plus_marked_bug(LAB, variant)
+
+No self-test asserts how long a run took (a verdict that depends on the machine's speed is the
+bug issue 13 is about; speed is measured in bench/, see bench/slow_machine.py). A run that does not
+finish within its hang limit (HANG_LIMIT_S, or more where a variant's row says so) is killed, and
+the failure shows the tail of what it printed: what hung, not how long it took.
 
 Do not repeat what tests/test_course_selftest.py proves for every lab in course.toml: the
 solution passes, the untouched starter fails ("Not implemented yet: TODO(labNN)" or "not
@@ -67,8 +72,13 @@ from labkit import course
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = Path(__file__).resolve().parent / "variants"
 
-RUN_TIMEOUT_S = 120  # the course's per-check timeout (pyproject: [tool.pytest.ini_options] timeout)
-RUN_BUDGET_S = 45.0  # a whole check run (services, scenario, teardown); a slow variant says more
+# A whole check run's hang limit (services, scenario, every check, teardown). Not a speed target:
+# runs take 5-60 s on a quiet 2-core machine and several times that at a quarter of a core or
+# under `make test`'s load; a run still going after HANG_LIMIT_S is stuck, and is killed and
+# reported with its output's tail. LAB_SELFTEST_HANG_LIMIT_S overrides it (a very slow runner).
+HANG_LIMIT_S = float(os.environ.get("LAB_SELFTEST_HANG_LIMIT_S", "900"))
+RUN_TIMEOUT_S = HANG_LIMIT_S  # the old name
+RUN_BUDGET_S = None  # the old per-run time budget: no longer asserted (issue 13); kept for imports
 MARKER_ENV = "LAB_SELFTEST_RUN"  # inherited by every process a run starts: finds its leftovers
 INTERNAL_ERROR = "internal error in the check"
 NOT_CHECKED = "not checked:"
@@ -132,12 +142,21 @@ def running_children() -> list[psutil.Process]:
     return found
 
 
+def hang_limit(*asked: float | None) -> float:
+    """The hang limit of a run: HANG_LIMIT_S, or more if a caller or a variant's row asks for more.
+    Never less: a short limit would make the verdict depend on the machine's speed."""
+    return max([HANG_LIMIT_S, *(a for a in asked if a)])
+
+
 def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, solution: bool = False,
-              env: Mapping[str, str] | None = None, budget_s: float | None = None) -> CheckRun:
+              env: Mapping[str, str] | None = None, hang_limit_s: float | None = None,
+              budget_s: float | None = None) -> CheckRun:
     """Run `lab`'s check on `lab_path` (default: the starter, labs/<slug>; or the solution) as
-    `lab check` does, and assert the run is sound: finished within RUN_TIMEOUT_S (else its process
-    group is killed), left nothing running, wrote its report with exactly course.toml's checks in
-    order, exited 0 or 1, no internal error; and, if `budget_s` is given, took less than that.
+    `lab check` does, and assert the run is sound: it finished (a run still going after its hang
+    limit is killed with its process group, and the failure shows what it printed last), left
+    nothing running, wrote its report with exactly course.toml's checks in order, exited 0 or 1,
+    no internal error. How long it took is not asserted (bench/ measures speed).
+    `hang_limit_s` (or its old name `budget_s`): raises the hang limit above HANG_LIMIT_S.
     `env`: extra environment for the run. The verdicts are for the caller to assert."""
     report, basetemp = tmp_path / "report.json", tmp_path / "basetemp"
     argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
@@ -150,16 +169,19 @@ def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, 
     child_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     child_env.update(env or {})
     child_env[MARKER_ENV] = marker
+    limit = hang_limit(hang_limit_s, budget_s)
     started = time.monotonic()
     child = subprocess.Popen(argv, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        output, _ = child.communicate(timeout=RUN_TIMEOUT_S)
+        output, _ = child.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         output, _ = child.communicate()
-        pytest.fail(f"the check run did not finish within {RUN_TIMEOUT_S} s:\n{output[-3000:]}")
+        where = f"--lab-path {lab_path}" if lab_path else ("--solution" if solution else "the starter")
+        pytest.fail(f"hung: the check run of lab {lab.id} on {where} was still running after its hang limit "
+                    f"({limit:.0f} s) and was killed. What it printed last:\n{tail_of(output)}", pytrace=False)
     run = CheckRun(returncode=child.returncode, seconds=time.monotonic() - started, output=output)
 
     # Nothing the run started may outlive it: not a worker, a server, nor a replay.
@@ -176,9 +198,21 @@ def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, 
         assert INTERNAL_ERROR not in record["message"], f"{name}: {record['message']}\n{run.describe()}"
     assert [r["check"] for r in records] == [c.name for c in lab.checks], (
         f"the report's checks are not course.toml's, in its order\n{run.describe()}")
-    if budget_s is not None:
-        assert run.seconds < budget_s, f"took {run.seconds:.1f}s (budget {budget_s}s)\n{run.describe()}"
     return run
+
+
+def tail_of(output: str, lines: int = 40) -> str:
+    """The last lines of a run's output: the check that was running and what it waited for."""
+    return "\n".join(output.splitlines()[-lines:]) or "(nothing)"
+
+
+def default_sigint() -> None:
+    """preexec_fn for a program a test will interrupt with SIGINT (Ctrl-C): SIGINT's default action.
+
+    A non-interactive shell starts a background job (`make test &`) with SIGINT ignored, every
+    child inherits that, and Python then keeps ignoring it: the program would never see the
+    test's Ctrl-C. A terminal's Ctrl-C always reaches a program that did not ignore it itself."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # --- variants ------------------------------------------------------------------------------------
@@ -191,13 +225,20 @@ class Variant:
     blocked: checks that must say "not checked: ..." (a check in `fails` is not blocked even when
     listed here, so `blocked=every check` reads "the rest could not run"); every other check passes.
     changed: the files that differ from the solution's, each marking its bug with BUG(<name>).
-    budget_s: the whole run's time limit, when not the lab's (RUN_BUDGET_S unless it says)."""
+    hang_limit_s: this run's hang limit when it must be above HANG_LIMIT_S (a variant whose bug
+    makes the check wait out its own long timeouts). budget_s: its old name, read the same way
+    (a hang limit, not a speed target: no run's duration is asserted)."""
 
     name: str
     fails: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     changed: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()
+    hang_limit_s: float | None = None
     budget_s: float | None = None
+
+    @property
+    def limit_s(self) -> float:
+        return hang_limit(self.hang_limit_s, self.budget_s)
 
     @property
     def good(self) -> bool:
@@ -212,21 +253,30 @@ def bad(variants: Iterable[Variant]) -> list[Variant]:
 
 
 def parametrize(variants: Iterable[Variant]):
-    """`@parametrize(VARIANTS)`: one test per variant, named after it, as the argument `variant`."""
+    """`@parametrize(VARIANTS)`: one test per variant, named after it, as the argument `variant`;
+    each with a pytest timeout above its run's hang limit (the run's limit fires first, with its tail)."""
     variants = list(variants)
-    return pytest.mark.parametrize("variant", variants, ids=[v.name for v in variants])
+    return pytest.mark.parametrize("variant", [
+        pytest.param(v, id=v.name, marks=pytest.mark.timeout(timeout_for_runs(v.limit_s))) for v in variants])
 
 
-def assert_verdict(lab: course.Lab, variant: Variant, run: CheckRun, *, budget_s: float = RUN_BUDGET_S,
+def timeout_for_runs(*run_limits: float) -> float:
+    """pytest-timeout's limit for a test that makes runs with these hang limits (default: one run
+    of HANG_LIMIT_S): above them, so a run's own limit fires first and shows what hung.
+    tests/conftest.py gives it to every test of a module that uses run_check."""
+    return sum(run_limits or (HANG_LIMIT_S,)) + 120
+
+
+
+def assert_verdict(lab: course.Lab, variant: Variant, run: CheckRun, *, budget_s: float | None = None,
                    not_checked: str = NOT_CHECKED) -> None:
-    """The run of `variant` gave exactly the verdict its table row expects, within its budget.
+    """The run of `variant` gave exactly the verdict its table row expects (how long it took is not
+    asserted; `budget_s` is accepted for old callers and ignored).
     `not_checked`: how a blocked check's message starts (a lab may say more than NOT_CHECKED)."""
     checks = [c.name for c in lab.checks]
     unknown = sorted((set(variant.fails) | set(variant.blocked)) - set(checks))
     assert not unknown, f"{variant.name}: no such check(s) in course.toml: {unknown}"
     assert not (variant.good and (variant.fails or variant.blocked)), f"{variant.name}: a good_ variant fails nothing"
-    budget = variant.budget_s or budget_s
-    assert run.seconds < budget, f"took {run.seconds:.1f}s (budget {budget}s)\n{run.describe()}"
     for check in checks:
         record = run.records[check]
         if check in variant.fails:
@@ -242,11 +292,12 @@ def assert_verdict(lab: course.Lab, variant: Variant, run: CheckRun, *, budget_s
     assert run.returncode == (0 if variant.good else 1), run.describe()
 
 
-def run_variant(lab: course.Lab, variant: Variant, tmp_path: Path, *, budget_s: float = RUN_BUDGET_S,
+def run_variant(lab: course.Lab, variant: Variant, tmp_path: Path, *, budget_s: float | None = None,
                 not_checked: str = NOT_CHECKED) -> CheckRun:
-    """Run the check on the variant's folder and assert its verdict (see assert_verdict)."""
-    run = run_check(lab, tmp_path, lab_path=variant.path(lab))
-    assert_verdict(lab, variant, run, budget_s=budget_s, not_checked=not_checked)
+    """Run the check on the variant's folder and assert its verdict (see assert_verdict).
+    The run's hang limit: the variant's (hang_limit_s / budget_s) or `budget_s` if above HANG_LIMIT_S."""
+    run = run_check(lab, tmp_path, lab_path=variant.path(lab), hang_limit_s=hang_limit(variant.limit_s, budget_s))
+    assert_verdict(lab, variant, run, not_checked=not_checked)
     return run
 
 

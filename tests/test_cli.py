@@ -8,14 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from selftest import HANG_LIMIT_S, default_sigint, tail_of
 
 REPO = Path(__file__).resolve().parent.parent
+# `lab check` runs real servers: a few seconds here, minutes at a quarter of a core. No test
+# asserts how long it took; a run still going after the hang limit is stopped and shown.
+pytestmark = pytest.mark.timeout(HANG_LIMIT_S + 120)
 
 
-def lab(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def lab(*args: str, home: Path, timeout: float = HANG_LIMIT_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "LAB_STATE_DIR": str(home)}
-    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, "-m", "labkit.cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        output = hung.output.decode(errors="replace") if isinstance(hung.output, bytes) else hung.output or ""
+        pytest.fail(f"hung: `lab {' '.join(args)}` was still running after {timeout:.0f} s; what it printed "
+                    f"last:\n{tail_of(output)}", pytrace=False)
 
 
 def test_list_shows_every_lab_and_progress(tmp_path):
@@ -81,25 +90,39 @@ def test_bad_arguments_are_refused(tmp_path, args):
 def test_ctrl_c_during_a_check_leaves_no_process_behind(tmp_path):
     """Given a running `lab check`, When the student presses Ctrl-C (SIGINT to the process group),
     Then the CLI says so and every server and worker the check started is gone."""
+    import contextlib
     import signal
     import time
 
     import psutil
 
+    # default_sigint: a terminal's Ctrl-C reaches `lab check` even when this test runs in a background job
     child = subprocess.Popen([sys.executable, "-m", "labkit.cli", "check", "01", "--solution"], cwd=REPO,
                              env={**os.environ, "LAB_STATE_DIR": str(tmp_path)}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 30
-    descendants: list[psutil.Process] = []
-    while time.monotonic() < deadline:  # wait until the worker runs: servers are up by then
-        descendants = psutil.Process(child.pid).children(recursive=True)
-        if any("lab01_temporal_crash.worker" in " ".join(p.cmdline()) for p in descendants if p.is_running()):
-            break
-        time.sleep(0.1)
-    assert descendants, "the check never started its processes"
-    os.killpg(child.pid, signal.SIGINT)
-    out, _ = child.communicate(timeout=30)
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + HANG_LIMIT_S
+        descendants: list[psutil.Process] = []
+        while child.poll() is None:  # wait until the worker runs: servers are up by then
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(child.pid).children(recursive=True)
+                if any("lab01_temporal_crash.worker" in " ".join(p.cmdline()) for p in descendants if p.is_running()):
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"hung: the check started no worker in {HANG_LIMIT_S:.0f} s; its processes: "
+                            f"{[' '.join(p.cmdline())[:100] for p in descendants]}", pytrace=False)
+            time.sleep(0.1)
+        assert child.poll() is None, f"the check ended before its worker ran:\n{child.communicate()[0]}"
+        os.killpg(child.pid, signal.SIGINT)
+        try:
+            out, _ = child.communicate(timeout=HANG_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"hung: `lab check` was still running {HANG_LIMIT_S:.0f} s after Ctrl-C", pytrace=False)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
     assert child.returncode == 130, out
     assert "interrupted" in out
-    _, alive = psutil.wait_procs(descendants, timeout=5)
+    _, alive = psutil.wait_procs(descendants, timeout=30)  # returns as soon as they are gone
     assert not alive, [" ".join(p.cmdline()) for p in alive]

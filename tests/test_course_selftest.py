@@ -6,8 +6,9 @@ For every lab in course.toml:
 - every check fails on the untouched labs/ starter (an already-solved starter is a bug), each with
   the starter's "Not implemented yet: TODO(labNN)" or "not checked: ..." because of it;
 - the starter marks the files the student edits with TODO(labNN), and the solution does not;
-- every run gives a verdict (never an internal error), within the lab's time budget if it sets one
-  (BUDGET_S), and leaves no process behind (tests/selftest.py).
+- every run gives a verdict (never an internal error) and leaves no process behind
+  (tests/selftest.py); how long it took is not asserted (a run that hangs is stopped at its hang
+  limit and shown; speed is measured in bench/: bench/slow_machine.py, bench/run.py).
 
 Each lab's known-bad and differently shaped correct variants: tests/test_labNN_selftest.py.
 """
@@ -21,23 +22,17 @@ from labkit import course
 
 COURSE = course.load()
 LAB_IDS = [lab.slug for lab in COURSE.labs]
-# A lab's time limit for a whole run on its solution and on its starter (services, scenario,
-# teardown), where it sets one; a lab without one is bound by the run's hard timeout only.
-BUDGET_S = {
-    "02": 45.0,
-    "03": 40.0,  # measured 4-10 s on a shared 2-core machine; a hang shows up as 30 s+ per step
-}
 
 
 @pytest.mark.parametrize("lab", COURSE.labs, ids=LAB_IDS)
 def test_every_check_passes_on_the_solution(lab, tmp_path):
-    run = run_check(lab, tmp_path, solution=True, budget_s=BUDGET_S.get(lab.id))
+    run = run_check(lab, tmp_path, solution=True)
     assert not run.failed() and run.returncode == 0, f"failing on the solution: {run.failed()}\n{run.describe()}"
 
 
 @pytest.mark.parametrize("lab", COURSE.labs, ids=LAB_IDS)
 def test_every_check_fails_on_the_starter(lab, tmp_path):
-    run = run_check(lab, tmp_path, budget_s=BUDGET_S.get(lab.id))  # the default target: labs/<slug>
+    run = run_check(lab, tmp_path)  # the default target: labs/<slug>
     todo = f"Not implemented yet: TODO(lab{lab.id})"
     assert run.returncode == 1, run.describe()
     assert any(r["message"].startswith(todo) for r in run.records.values()), run.describe()

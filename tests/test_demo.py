@@ -1,10 +1,14 @@
-"""`lab demo 01`: the crash scenario on the reference solution, narrated, in under 15 s, leaving nothing."""
+"""`lab demo 01`: the crash scenario on the reference solution, narrated, leaving nothing.
+
+How long the demo takes is not asserted (about 10 s here; bench/run.py times it): a demo that
+hangs is stopped by the test's hang limit, and the failure shows how far its story got."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
 import re
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -14,7 +18,7 @@ from rich.console import Console
 
 from labkit import course, proc
 
-DEMO_BUDGET_S = 15.0
+HANG_LIMIT_S = 600  # the demo's steps wait for states (a poll, a retry timer, a completion)
 # the demo imports the check module outside the checks' pytest plugin, which registers its `check` mark
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
 
@@ -27,19 +31,26 @@ def load_demo():
     return module
 
 
+class Tee(io.StringIO):
+    """Keeps what the demo printed, and passes it on to stdout (pytest shows it if the test hangs)."""
+
+    def write(self, text: str) -> int:
+        sys.stdout.write(text)
+        return super().write(text)
+
+
 def descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+@pytest.mark.timeout(HANG_LIMIT_S)
 def test_demo_tells_the_crash_story_and_stops_everything():
     demo = load_demo()
     before = descendants()
-    out = io.StringIO()
+    out = Tee()
     console = Console(file=out, width=240, color_system=None)  # no wrapped lines
     demo.SVG_PATH.unlink(missing_ok=True)
-    started = time.monotonic()
     status = demo.run(console, ui=True, keep=False)
-    elapsed = time.monotonic() - started
     text = out.getvalue()
 
     assert status == 0, text
@@ -60,10 +71,9 @@ def test_demo_tells_the_crash_story_and_stops_everything():
 
     svg = ET.fromstring(demo.SVG_PATH.read_text())
     assert svg.tag == "{http://www.w3.org/2000/svg}svg"
-    assert elapsed < DEMO_BUDGET_S, f"the demo took {elapsed:.1f} s (budget {DEMO_BUDGET_S:.0f} s)"
 
     assert not proc.live(), f"the demo left managed processes: {proc.live()}"
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60  # a wait for the state (all gone), not a budget
     while descendants() - before and time.monotonic() < deadline:
         time.sleep(0.1)
     left = descendants() - before

@@ -5,8 +5,13 @@ lab's `notebook` field in course.toml (the single source of truth: a notebook no
 or a lab naming a missing notebook, fails here). Each runs in a fresh kernel on this interpreter
 (the venv's ipykernel, whatever kernelspecs the user has) with
     LAB_PATH=solutions/<slug>        the lab folder the notebook works on
-    LAB_NOTEBOOK_AUTORUN=1           no human in the loop: steps that wait for one act alone
-and a time limit from the notebook's metadata (`"lab": {"timeout_s": N}`, default 120 s).
+and no LAB_NOTEBOOK_AUTORUN: the notebook must see by itself that nobody is at the keyboard
+(labkit.notebook.headless: nbclient sends every cell with allow_stdin false), as it does under
+`jupyter nbconvert --execute` or papermill, and do the by-hand steps alone.
+
+How long a notebook takes is not asserted (bench/ measures speed). Each cell has a hang limit:
+the notebook's metadata (`"lab": {"timeout_s": N}`) or, when higher, CELL_HANG_LIMIT_S (a cell may
+run a whole `lab check`); a cell still running then is stopped and the failure shows its source.
 
 "Nothing left behind" is checked twice: when the last cell has run (the notebook must stop
 what it started, not leave it to the kernel's exit) and after the kernel has shut down. Processes
@@ -27,15 +32,17 @@ import nbformat
 import psutil
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+from selftest import HANG_LIMIT_S
 
 from labkit import course
 
 REPO = course.REPO
 NOTEBOOKS = REPO / "notebooks"
-DEFAULT_TIMEOUT_S = 120
+CELL_HANG_LIMIT_S = HANG_LIMIT_S  # a cell may run `lab check` on the solution: a whole check run
+DEFAULT_TIMEOUT_S = CELL_HANG_LIMIT_S
 TOKEN_VAR = "LAB_NOTEBOOK_TEST_TOKEN"
-EXIT_GRACE_S = 3.0  # a process told to stop may take a moment to be gone
+EXIT_GRACE_S = 60.0  # a process told to stop may take a moment to be gone (a wait for the state, not a budget)
 KERNEL = "durable-agents-lab-test"
 STATES = REPO / ".lab" / "notebooks"  # labkit.notebook.state_dir: each run's logs, database and ledger
 
@@ -52,9 +59,12 @@ def this_python_kernel(directory: Path) -> str:
 
 
 def notebook_timeout(path: Path) -> float:
+    """A cell's hang limit: the notebook's own `timeout_s` if higher than CELL_HANG_LIMIT_S (a lower
+    one would make the verdict depend on the machine's speed)."""
     if not path.exists():
         return DEFAULT_TIMEOUT_S
-    return float(nbformat.read(path, as_version=4).metadata.get("lab", {}).get("timeout_s", DEFAULT_TIMEOUT_S))
+    asked = nbformat.read(path, as_version=4).metadata.get("lab", {}).get("timeout_s", DEFAULT_TIMEOUT_S)
+    return max(float(asked), CELL_HANG_LIMIT_S)
 
 
 def notebook_params() -> list:
@@ -63,10 +73,20 @@ def notebook_params() -> list:
     params = []
     for path in sorted(named.keys() | present):
         limit = notebook_timeout(path)
-        # the hard stop (pytest-timeout) leaves room for the kernel's start and shutdown
+        # the hard stop (pytest-timeout) for the whole notebook: above one cell's hang limit (that
+        # one says which cell hung), with room for several slow cells, the kernel's start and shutdown
         params.append(pytest.param(path, named.get(path), id=path.stem,
-                                   marks=pytest.mark.timeout(limit + 60)))
+                                   marks=pytest.mark.timeout(2 * limit + 300)))
     return params
+
+
+def cell_outputs(notebook, err: BaseException, lines: int = 30) -> str:
+    """The text the last executed cell printed (the one that hung), its last lines."""
+    ran = [c for c in notebook.cells if c.cell_type == "code" and c.get("outputs")]
+    if not ran:
+        return "(nothing)"
+    text = "".join(o.get("text", "") for o in ran[-1].outputs if o.get("output_type") == "stream")
+    return "\n".join(text.splitlines()[-lines:]) or "(no printed output)"
 
 
 def left_behind(token: str, kernel_pid: int | None) -> list[str]:
@@ -135,7 +155,8 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
     states_before = set(STATES.glob("*")) if STATES.exists() else set()
     scanned, leaked = 0, set()
     monkeypatch.setenv("LAB_PATH", str(lab.solution_dir))
-    monkeypatch.setenv("LAB_NOTEBOOK_AUTORUN", "1")
+    for var in ("LAB_NOTEBOOK_AUTORUN", "CI"):  # headless must be seen without being told
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv(TOKEN_VAR, token)
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(filter(None, [str(tmp_path / "jupyter"),
                                                                      os.environ.get("JUPYTER_PATH")])))
@@ -144,7 +165,6 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
     client = NotebookClient(notebook, kernel_name=kernel, timeout=limit, allow_errors=False,
                             resources={"metadata": {"path": str(path.parent)}})
     kernel_pid = None
-    started = time.monotonic()
     try:
         with client.setup_kernel():
             kernel_pid = getattr(client.km.provisioner, "pid", None)
@@ -152,10 +172,13 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
                 client.execute_cell(cell, index)
                 # after every cell: an autorun notebook deletes its state dir in its last cell
                 scanned += scan_states(set(STATES.glob("*")) - states_before, sentinel, leaked)
-            elapsed = time.monotonic() - started
             after_last_cell = still_running(token, kernel_pid)
     except CellExecutionError as err:
         pytest.fail(f"{path.name} failed headless on solutions/{lab.slug}:\n{err}", pytrace=False)
+    except CellTimeoutError as err:
+        pytest.fail(f"hung: a cell of {path.name} was still running after its hang limit ({limit:.0f} s), "
+                    f"on solutions/{lab.slug}:\n{err}\nits output so far:\n{cell_outputs(notebook, err)}",
+                    pytrace=False)
     finally:
         after_shutdown = still_running(token, None)  # the kernel is gone now: nothing may carry the token
         for line in after_shutdown:  # do not leak them into the next test either
@@ -168,8 +191,33 @@ def test_notebook_executes_headless_on_the_solution(path: Path, lab: course.Lab 
     assert not after_last_cell, (f"{path.name} left processes running after its last cell (stop them in the "
                                  "notebook, e.g. services.stop()):\n" + "\n".join(after_last_cell))
     assert not after_shutdown, f"{path.name} left processes behind its kernel:\n" + "\n".join(after_shutdown)
-    assert elapsed <= limit, f"{path.name} took {elapsed:.1f} s, more than its {limit:.0f} s"
     assert sentinel not in nbformat.writes(notebook), \
         f"{path.name}: observed the OPENAI_API_KEY from the environment in the executed notebook's outputs"
     assert scanned, f"{path.name}: observed no file in a new .lab/notebooks/ state dir; expected its logs and ledger"
     assert not leaked, f"{path.name}: observed the OPENAI_API_KEY in the logs or ledger it wrote: {sorted(leaked)}"
+
+
+HEADLESS_PROBE = "from labkit import notebook\nprint(repr(notebook.headless()), notebook.autorun())"
+
+
+@pytest.mark.parametrize(("autorun_var", "expected"), [
+    (None, "'the frontend cannot answer input() (nbconvert --execute, papermill, nbclient)' True"),
+    ("0", "None False"),
+    ("1", "'LAB_NOTEBOOK_AUTORUN=1' True"),
+])
+def test_a_headless_run_is_seen_without_being_told(autorun_var, expected, monkeypatch, tmp_path):
+    """Given a notebook run by nbclient (what `jupyter nbconvert --execute` and papermill use),
+    When a cell asks labkit.notebook whether a person is there,
+    Then it is told headless (so it kills the worker itself) unless LAB_NOTEBOOK_AUTORUN says otherwise."""
+    monkeypatch.delenv("CI", raising=False)
+    if autorun_var is None:
+        monkeypatch.delenv("LAB_NOTEBOOK_AUTORUN", raising=False)
+    else:
+        monkeypatch.setenv("LAB_NOTEBOOK_AUTORUN", autorun_var)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(HEADLESS_PROBE)])
+    NotebookClient(probe, kernel_name=this_python_kernel(tmp_path / "jupyter"), timeout=CELL_HANG_LIMIT_S,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    printed = "".join(o.get("text", "") for o in probe.cells[0].outputs).strip()
+    assert printed == expected, f"observed {printed!r}; expected {expected!r}"
