@@ -18,7 +18,7 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from . import limits, proc, temporal
+from . import attribution, limits, proc, temporal
 from .feedback import CheckFailed, student_error, tail, unfinished
 
 
@@ -46,11 +46,13 @@ class WorkerHarness:
         self.target, self.services, self.workdir, self.lab = target, services, Path(workdir), lab
         self.task_queue = f"lab{lab}-{key}"
         self.api_key = f"lab-{key}"
+        self.attempt_log = self.workdir / f"attempts-{key}.jsonl"  # every activity attempt (labkit.attribution)
         self.env = target.python_env(
             TEMPORAL_ADDRESS=services.temporal_address,
             TEMPORAL_TASK_QUEUE=self.task_queue,
             OPENAI_BASE_URL=services.llm.base_url if wait_for_llm else services.llm_base_url,
             OPENAI_API_KEY=self.api_key,
+            **{attribution.ATTEMPT_LOG_ENV: str(self.attempt_log)},
             **env,
         )
         self.workers: list[proc.ManagedProcess] = []
@@ -148,6 +150,12 @@ class WorkerHarness:
                             "clock reads or randomness in the workflow (facts: §64.2.1 API names).",
                     details=tail(message, 12))
         return None
+
+    def attempts(self, activity_type: str | None = None) -> list[attribution.Attempt]:
+        """Every activity attempt the workers ran, as they recorded it (history keeps only the last
+        attempt of each activity; this has them all, including those cut short by a kill)."""
+        return [a for a in attribution.read_attempts(self.attempt_log)
+                if activity_type is None or a.activity_type == activity_type]
 
     def stop_all(self) -> None:
         for worker in self.workers:

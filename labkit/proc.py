@@ -62,6 +62,10 @@ class ManagedProcess:
         """detached=True: a background service meant to outlive this interpreter (`lab up`).
         student=True: the program runs student code: resource limits and, in a check session,
         the write sandbox (labkit.limits)."""
+        if student:  # tie what the program sends, and the activities it runs, to its code
+            from . import attribution
+
+            argv = attribution.wrap_argv(list(argv), dict(env) if env is not None else None)
         self.argv = list(argv)
         self.name = name
         self.log_path = Path(log_path)

@@ -38,7 +38,7 @@ import httpx
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
-from . import proc
+from . import attribution, proc
 
 HOST = "127.0.0.1"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     delivery_id  INTEGER,
     held         INTEGER NOT NULL DEFAULT 0,
     answered_at  REAL,               -- when the answer was sent (NULL: not yet, or never)
-    caller_gone  INTEGER NOT NULL DEFAULT 0  -- the caller hung up before the answer
+    caller_gone  INTEGER NOT NULL DEFAULT 0,  -- the caller hung up before the answer
+    origin       TEXT                -- the code that sent it (labkit.attribution), JSON
 );
 CREATE INDEX IF NOT EXISTS attempts_by_caller ON attempts (caller);
 """
@@ -107,6 +108,11 @@ class Attempt:
     held: bool
     answered_at: float | None
     caller_gone: bool
+    origin: dict[str, Any] | None = None  # the code that sent it (labkit.attribution), None if unknown
+
+    @property
+    def activity_type(self) -> str | None:
+        return ((self.origin or {}).get("activity") or {}).get("type")
 
 
 class SinkStore:
@@ -120,13 +126,16 @@ class SinkStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            if "origin" not in {row[1] for row in db.execute("PRAGMA table_info(attempts)")}:
+                db.execute("ALTER TABLE attempts ADD COLUMN origin TEXT")  # a record from an older course
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         db.execute("PRAGMA synchronous=FULL")
         return db
 
-    def deliver(self, *, caller: str, channel: str, text: str, key: str | None) -> tuple[Attempt, dict, bool]:
+    def deliver(self, *, caller: str, channel: str, text: str, key: str | None,
+                origin: dict[str, Any] | None = None) -> tuple[Attempt, dict, bool]:
         """Record an attempt; deliver unless its key was seen. (attempt, answer, replayed)."""
         now = time.time()
         with self._connect() as db:
@@ -148,8 +157,9 @@ class SinkStore:
                     db.execute("UPDATE deliveries SET response = ? WHERE id = ?", (json.dumps(answer), delivery_id))
                     replayed, outcome = False, "delivered"
                 cursor = db.execute(
-                    "INSERT INTO attempts (at, caller, channel, text, key, outcome, delivery_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, caller, channel, text, key, outcome, delivery_id))
+                    "INSERT INTO attempts (at, caller, channel, text, key, outcome, delivery_id, origin) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (now, caller, channel, text, key, outcome, delivery_id,
+                                                        json.dumps(origin) if origin is not None else None))
                 attempt_id = int(cursor.lastrowid)
                 db.execute("COMMIT")
             except BaseException:
@@ -157,10 +167,12 @@ class SinkStore:
                 raise
         return self.attempt(attempt_id), answer, replayed
 
-    def refuse(self, *, caller: str, channel: str, text: str, key: str | None) -> None:
+    def refuse(self, *, caller: str, channel: str, text: str, key: str | None,
+               origin: dict[str, Any] | None = None) -> None:
         with self._connect() as db:
-            db.execute("INSERT INTO attempts (at, caller, channel, text, key, outcome, answered_at) "
-                       "VALUES (?, ?, ?, ?, ?, 'refused', ?)", (time.time(), caller, channel, text, key, time.time()))
+            db.execute("INSERT INTO attempts (at, caller, channel, text, key, outcome, answered_at, origin) "
+                       "VALUES (?, ?, ?, ?, ?, 'refused', ?, ?)", (time.time(), caller, channel, text, key, time.time(),
+                                                                   json.dumps(origin) if origin is not None else None))
 
     def mark(self, attempt_id: int, *, held: bool | None = None, answered: bool = False,
              caller_gone: bool = False) -> None:
@@ -181,11 +193,12 @@ class SinkStore:
         # One fixed statement: a filter given as None matches every row (no SQL built from values).
         with self._connect() as db:
             rows = db.execute(
-                "SELECT id, at, caller, channel, text, key, outcome, delivery_id, held, answered_at, caller_gone "
+                "SELECT id, at, caller, channel, text, key, outcome, delivery_id, held, answered_at, caller_gone, origin "
                 "FROM attempts WHERE id > ? AND (? IS NULL OR caller = ?) AND (? IS NULL OR id = ?) ORDER BY id",
                 (since_id, caller, caller, attempt_id, attempt_id)).fetchall()
         return [Attempt(id=r[0], at=r[1], caller=r[2], channel=r[3], text=r[4], key=r[5], outcome=r[6],
-                        delivery_id=r[7], held=bool(r[8]), answered_at=r[9], caller_gone=bool(r[10]))
+                        delivery_id=r[7], held=bool(r[8]), answered_at=r[9], caller_gone=bool(r[10]),
+                        origin=json.loads(r[11]) if r[11] else None)
                 for r in rows]
 
     def deliveries(self, caller: str | None = None, since_id: int = 0) -> list[Delivery]:
@@ -273,10 +286,11 @@ def create_app(state_dir: Path) -> FastAPI:
         channel = body.get("channel") if isinstance(body, dict) else None
         text = body.get("text") if isinstance(body, dict) else None
         key = idempotency_key.strip() if idempotency_key and idempotency_key.strip() else None
+        origin = attribution.parse(request.headers.get(attribution.HEADER))
         if not isinstance(channel, str) or not channel or not isinstance(text, str):
-            store.refuse(caller=caller, channel=str(channel or ""), text=str(text or ""), key=key)
+            store.refuse(caller=caller, channel=str(channel or ""), text=str(text or ""), key=key, origin=origin)
             return error(400, 'send JSON {"channel": "#name", "text": "the message"}')
-        attempt, answer, replayed = store.deliver(caller=caller, channel=channel, text=text, key=key)
+        attempt, answer, replayed = store.deliver(caller=caller, channel=channel, text=text, key=key, origin=origin)
         if not replayed:
             hold = next((h for h in holds if h.matches(caller, channel, text)), None)
             if hold is not None:

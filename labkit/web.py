@@ -29,6 +29,11 @@ time). Fetch number n of a page by a caller, counted from the ledger (so it surv
     n <= hang_first      -> 200, the first chunk, then nothing until the client disconnects
                             (hang_first = -1, or hang = true in TOML: every fetch hangs)
     otherwise            -> 200, the whole text; with slow_ms the chunks are spread over slow_ms
+    hold = true          -> 200, then one byte every chunk_ms for as long as the page's behaviour (for
+                            that caller) still says hold; replace it (set_behaviour without hold) and
+                            every held fetch sends the rest at once. Progress that lasts until the
+                            grader has seen what it waits for; a fetch that runs out of bytes while
+                            held waits, sending nothing, until it is released or the client leaves
 The pseudo-page ``_search`` scripts the search endpoint the same way (slow_ms delays the answer).
 
 Ledger: SQLite (WAL, synchronous=FULL) at ``<ledger-dir>/web.sqlite``. A row is committed when a
@@ -54,7 +59,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from urllib.parse import quote
 
 import httpx
@@ -80,7 +85,8 @@ class Behaviour(BaseModel):
     hang_first: int = Field(0, ge=-1, description="the first N fetches per caller hang (-1: all)")
     fail_first: int = Field(0, ge=0, description="the first N fetches per caller fail")
     fail_status: Literal[429, 500, 503] = 503
-    chunk_ms: int = Field(100, ge=10, description="about one chunk every chunk_ms while slow")
+    chunk_ms: int = Field(100, ge=10, description="about one chunk every chunk_ms while slow or held")
+    hold: bool = Field(False, description="trickle a byte per chunk_ms until the behaviour is replaced")
 
     def hangs(self, n: int) -> bool:
         return self.hang_first == -1 or n <= self.hang_first
@@ -168,7 +174,8 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome     TEXT    NOT NULL,
     bytes       INTEGER NOT NULL DEFAULT 0,
     finished_at REAL,
-    results     TEXT
+    results     TEXT,
+    origin      TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_caller ON requests (caller, kind, slug);
 """
@@ -188,6 +195,11 @@ class WebEntry:
     bytes: int
     finished_at: float | None
     results: list[str] = field(default_factory=list)  # a search's slugs, in rank order
+    origin: dict[str, Any] | None = None  # the code that sent it (labkit.attribution), None if unknown
+
+    @property
+    def activity_type(self) -> str | None:
+        return ((self.origin or {}).get("activity") or {}).get("type")
 
     @property
     def complete(self) -> bool:
@@ -205,6 +217,8 @@ class WebLedger:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            if "origin" not in {row[1] for row in db.execute("PRAGMA table_info(requests)")}:
+                db.execute("ALTER TABLE requests ADD COLUMN origin TEXT")  # a ledger from an older course
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -213,7 +227,7 @@ class WebLedger:
 
     def begin(self, *, caller: str, kind: str, slug: str | None = None, query: str | None = None,
               status: int = 200, fault: str | None = None, outcome: str = "started",
-              results: list[str] | None = None) -> tuple[int, int]:
+              results: list[str] | None = None, origin: dict[str, Any] | None = None) -> tuple[int, int]:
         """Record a request; returns (row id, this request's number for the caller and page, from 1).
 
         The count and the insert are one transaction: two requests at once get different numbers.
@@ -224,10 +238,11 @@ class WebLedger:
                 "SELECT COUNT(*) FROM requests WHERE caller = ? AND kind = ? AND slug IS ?",
                 (caller, kind, slug)).fetchone()
             cursor = db.execute(
-                "INSERT INTO requests (at, caller, kind, slug, query, status, fault, outcome, results)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (at, caller, kind, slug, query, status, fault, outcome, results, origin)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), caller, kind, slug, query, status, fault, outcome,
-                 json.dumps(results) if results is not None else None))
+                 json.dumps(results) if results is not None else None,
+                 json.dumps(origin) if origin is not None else None))
             db.execute("COMMIT")
             return int(cursor.lastrowid), int(seen) + 1
 
@@ -252,12 +267,13 @@ class WebLedger:
                 since_id: int = 0) -> list[WebEntry]:
         # One fixed statement: a filter given as None matches every row.
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM requests WHERE id > ? AND (? IS NULL OR caller = ?) "
+            rows = db.execute("SELECT id, at, caller, kind, slug, query, status, fault, outcome, bytes, "
+                              "finished_at, results, origin FROM requests WHERE id > ? AND (? IS NULL OR caller = ?) "
                               "AND (? IS NULL OR kind = ?) AND (? IS NULL OR slug = ?) ORDER BY id",
                               (since_id, caller, caller, kind, kind, slug, slug)).fetchall()
         return [WebEntry(id=r[0], at=r[1], caller=r[2], kind=r[3], slug=r[4], query=r[5], status=r[6],
                          fault=r[7], outcome=r[8], bytes=r[9], finished_at=r[10],
-                         results=json.loads(r[11]) if r[11] else [])
+                         results=json.loads(r[11]) if r[11] else [], origin=json.loads(r[12]) if r[12] else None)
                 for r in rows]
 
     def fetches(self, caller: str | None = None, slug: str | None = None) -> list[WebEntry]:
@@ -307,8 +323,10 @@ class DocStream:
     StreamingResponse, and writes the outcome to the ledger row when it ends, however it ends.
     """
 
-    def __init__(self, ledger: WebLedger, row: int, parts: list[bytes], pause: float, hang: bool):
+    def __init__(self, ledger: WebLedger, row: int, parts: list[bytes], pause: float, hang: bool,
+                 held: Callable[[], bool] | None = None, hold_pause: float = 0.1):
         self.ledger, self.row, self.parts, self.pause, self.hang = ledger, row, parts, pause, hang
+        self.held, self.hold_pause = held, hold_pause  # held(): is the page still held?
 
     async def __call__(self, scope, receive, send) -> None:
         sent = 0
@@ -319,7 +337,17 @@ class DocStream:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                     (b"cache-control", b"no-store")]})
-            for i, part in enumerate(self.parts):
+            parts = self.parts
+            if self.held is not None and self.held():
+                body, at = b"".join(parts), 0
+                while self.held():
+                    if at < len(body) - 1:  # keep the last byte until the release
+                        await send({"type": "http.response.body", "body": body[at:at + 1], "more_body": True})
+                        at += 1
+                        sent += 1
+                    await asyncio.sleep(self.hold_pause)
+                parts = [body[at:]]
+            for i, part in enumerate(parts):
                 if i and self.pause:
                     await asyncio.sleep(self.pause)
                 await send({"type": "http.response.body", "body": part, "more_body": True})
@@ -386,6 +414,11 @@ def create_app(ledger_dir: Path, corpus_files: list[Path]):
             return PlainTextResponse(f"injected fault ({fault})\n", status_code=behaviour.fail_status)
         return None
 
+    def origin_of(request: Request) -> dict[str, Any] | None:
+        from . import attribution
+
+        return attribution.parse(request.headers.get(attribution.HEADER))
+
     async def search(request: Request):
         caller, carry = caller_of(request)
         query = request.query_params.get("q", "")
@@ -395,7 +428,7 @@ def create_app(ledger_dir: Path, corpus_files: list[Path]):
             return JSONResponse({"error": "n must be an integer"}, status_code=400)
         found = rank(docs, query, n)
         row, number = ledger.begin(caller=caller, kind="search", slug=SEARCH, query=query,
-                                   results=[d.slug for d in found])
+                                   results=[d.slug for d in found], origin=origin_of(request))
         behaviour = behaviours.of(SEARCH, caller)
         failed = await injected(behaviour, number, row)
         if failed is not None:
@@ -414,15 +447,18 @@ def create_app(ledger_dir: Path, corpus_files: list[Path]):
         slug = request.path_params["slug"]
         doc = docs.get(slug)
         if doc is None:
-            ledger.begin(caller=caller, kind="fetch", slug=slug, status=404, outcome="failed")
+            ledger.begin(caller=caller, kind="fetch", slug=slug, status=404, outcome="failed",
+                         origin=origin_of(request))
             return PlainTextResponse(f"no page {slug!r}\n", status_code=404)
-        row, number = ledger.begin(caller=caller, kind="fetch", slug=slug)
+        row, number = ledger.begin(caller=caller, kind="fetch", slug=slug, origin=origin_of(request))
         behaviour = behaviours.of(slug, caller)
         failed = await injected(behaviour, number, row)
         if failed is not None:
             return failed
         parts, pause = chunks_of(doc.text.encode(), behaviour)
-        return DocStream(ledger, row, parts, pause, hang=behaviour.hangs(number))
+        held = (lambda: behaviours.of(slug, caller).hold) if behaviour.hold else None
+        return DocStream(ledger, row, parts, pause, hang=behaviour.hangs(number), held=held,
+                         hold_pause=behaviour.chunk_ms / 1000)
 
     async def health(request: Request):
         return JSONResponse({"ok": True, "documents": len(docs), "ledger": str(ledger.path)})
@@ -551,7 +587,8 @@ class CourseWeb:
         raise WebError(f"the course web did not answer on port {self.port} within {timeout:.0f} s")
 
     def set_behaviour(self, slug: str, caller: str | None = None, **behaviour: Any) -> None:
-        """Script one page (or SEARCH): slow_ms=, hang_first=, hang=True, fail_first=, fail_status=."""
+        """Script one page (or SEARCH): slow_ms=, hang_first=, hang=True, fail_first=, fail_status=,
+        hold=True (release it by setting the page's behaviour again without hold)."""
         self.wait_ready()
         response = httpx.post(f"{self.base_url}/_behaviour",
                               json={"slug": slug, "caller": caller, **behaviour}, timeout=5)

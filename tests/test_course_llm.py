@@ -289,7 +289,49 @@ def test_usage_is_present_and_adds_up(llm, connect, key):
         assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert long.usage.prompt_tokens > short.usage.prompt_tokens
-    assert long.usage.completion_tokens == short.usage.completion_tokens  # same reply, same count
+    visible = [c.usage.completion_tokens - c.usage.completion_tokens_details.reasoning_tokens for c in (short, long)]
+    assert visible[0] == visible[1]  # same reply, same visible count; the hidden reasoning differs
+
+
+def test_the_ledger_records_the_usage_each_answer_billed(llm, connect, key):
+    """Given answered requests, the ledger holds exactly the usage each response reported (the only
+    source a check may price a call from), hidden reasoning tokens included."""
+    client = connect(llm, key)
+    answers = [ask(client, f"question {n}: what is durable execution?") for n in range(4)]
+    entries = Ledger(llm.ledger_dir).entries(caller=key)
+    assert [e.usage for e in entries] == [
+        {"prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens,
+         "total_tokens": a.usage.total_tokens, "reasoning_tokens": a.usage.completion_tokens_details.reasoning_tokens}
+        for a in answers]
+    assert all(a.usage.completion_tokens_details.reasoning_tokens > 0 for a in answers)
+
+
+def test_no_character_rule_reproduces_the_usage(llm, connect, key):
+    """Given the same prompt asked twice, when priced by any rule of the text alone, then the two
+    answers' usage still differs (hidden reasoning tokens are drawn per request), and the prompt
+    count is not characters / 4."""
+    client = connect(llm, key)
+    prompt = "Summarise the incident: the parcel shipped on 2026-03-01, arrived 2 days late; refund issued."
+    first, second = ask(client, prompt), ask(client, prompt)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens
+    assert len({first.usage.completion_tokens, second.usage.completion_tokens,
+                ask(client, prompt).usage.completion_tokens}) > 1
+    assert first.usage.prompt_tokens != (len(prompt) + 3) // 4
+
+
+def test_the_ledger_records_where_a_request_came_from(llm, key):
+    """Given a request carrying the X-Lab-Origin header (labkit.attribution sets it in student
+    processes), the ledger keeps it; a request without one is recorded with origin None."""
+    origin = {"pid": 1, "program": "lab01.worker", "node": None,
+              "activity": {"type": "call_llm", "id": "1", "attempt": 2, "workflow_id": "w", "run_id": "r"}}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+    for headers in ({"X-Lab-Origin": json.dumps(origin)}, {}):
+        response = httpx.post(f"{llm.base_url}/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {key}", **headers}, timeout=10)
+        assert response.status_code == 200
+    tagged, untagged = Ledger(llm.ledger_dir).entries(caller=key)
+    assert tagged.origin == origin and tagged.activity_type == "call_llm"
+    assert untagged.origin is None and untagged.activity_type is None
 
 
 # --- faults --------------------------------------------------------------------------------------

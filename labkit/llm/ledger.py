@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS requests (
     status    INTEGER NOT NULL,
     fault     TEXT,
     reply     TEXT,
-    turn      INTEGER
+    turn      INTEGER,
+    origin    TEXT,
+    usage     TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_caller ON requests (caller, rule);
 """
@@ -58,6 +60,20 @@ class LedgerEntry:
     fault: str | None
     reply: str | None
     turn: int | None = None  # which turn of the rule's script answered (0 for a one-turn rule)
+    # where the request came from (labkit.attribution): {"pid", "program", "activity", "node"}, or
+    # None when it carried no X-Lab-Origin header (a program not started by a check)
+    origin: dict[str, Any] | None = None
+    usage: dict[str, int] | None = None  # what the answer billed: prompt/completion/total/reasoning tokens
+
+    @property
+    def activity_type(self) -> str | None:
+        """The Temporal activity whose attempt sent the request, if any."""
+        return ((self.origin or {}).get("activity") or {}).get("type")
+
+    @property
+    def node(self) -> str | None:
+        """The LangGraph node that sent the request, if any."""
+        return (self.origin or {}).get("node")
 
     @property
     def ok(self) -> bool:
@@ -76,8 +92,9 @@ class Ledger:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-            if "turn" not in columns:  # a ledger written before scripted turns existed
-                db.execute("ALTER TABLE requests ADD COLUMN turn INTEGER")
+            for column in ("turn INTEGER", "origin TEXT", "usage TEXT"):  # a ledger from an older course
+                if column.split()[0] not in columns:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -86,13 +103,15 @@ class Ledger:
 
     def record(self, *, caller: str, endpoint: str, model: str, prompt: str,
                request: dict[str, Any], rule: str, status: int,
-               fault: str | None, reply: str | None, turn: int | None = None) -> int:
+               fault: str | None, reply: str | None, turn: int | None = None,
+               origin: dict[str, Any] | None = None, usage: dict[str, int] | None = None) -> int:
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO requests (at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn,"
+                " origin, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), caller, endpoint, model, prompt, json.dumps(request), rule, status, fault, reply,
-                 turn),
+                 turn, json.dumps(origin) if origin is not None else None,
+                 json.dumps(usage) if usage is not None else None),
             )
             return int(cursor.lastrowid)
 
@@ -104,8 +123,8 @@ class Ledger:
         return int(n)
 
     def entries(self, caller: str | None = None, since_id: int = 0) -> list[LedgerEntry]:
-        query = ("SELECT id, at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn"
-                 " FROM requests WHERE id > ?")
+        query = ("SELECT id, at, caller, endpoint, model, prompt, request, rule, status, fault, reply, turn,"
+                 " origin, usage FROM requests WHERE id > ?")
         params: list[Any] = [since_id]
         if caller is not None:
             query += " AND caller = ?"
@@ -114,6 +133,7 @@ class Ledger:
             rows = db.execute(query + " ORDER BY id", params).fetchall()
         return [
             LedgerEntry(id=r[0], at=r[1], caller=r[2], endpoint=r[3], model=r[4], prompt=r[5],
-                        request=json.loads(r[6]), rule=r[7], status=r[8], fault=r[9], reply=r[10], turn=r[11])
+                        request=json.loads(r[6]), rule=r[7], status=r[8], fault=r[9], reply=r[10], turn=r[11],
+                        origin=json.loads(r[12]) if r[12] else None, usage=json.loads(r[13]) if r[13] else None)
             for r in rows
         ]

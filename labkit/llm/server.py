@@ -14,25 +14,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from openai.types.chat import ChatCompletion
-from openai.types.completion_usage import CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 from openai.types.responses import (Response, ResponseFunctionToolCall, ResponseOutputMessage,
                                      ResponseOutputText, ResponseUsage, Tool)
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import TypeAdapter, ValidationError
 
+from .. import attribution
 from .ledger import Ledger, caller_of
+from .tokens import chat_prompt_tokens, count_tokens, responses_input_tokens, usage_for  # noqa: F401
 from .rules import Rule, RuleBook
 
 
 TOOL = TypeAdapter(Tool)
-
-
-def count_tokens(text: str) -> int:
-    """A stable stand-in for a tokenizer: about four characters a token."""
-    return max(1, (len(text) + 3) // 4)
 
 
 def last_user_message(messages: list[dict[str, Any]]) -> str:
@@ -92,9 +89,12 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         return {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0,
                                             "owned_by": "durable-agents-lab"}]}
 
-    def answer(endpoint: str, body: dict[str, Any], authorization: str | None, prompt: str,
-               tool_results: int):
-        """Pick the rule, inject its fault or record its turn: (rule, turn index, turn) or an error response."""
+    def answer(endpoint: str, body: dict[str, Any], request: Request, prompt: str,
+               tool_results: int, prompt_tokens: int):
+        """Pick the rule, inject its fault or record its turn (with its usage and the origin the
+        request carried): (rule, turn index, turn, usage, None) or (rule, ..., an error response)."""
+        authorization = request.headers.get("authorization")
+        origin = attribution.parse(request.headers.get(attribution.HEADER))
         caller = caller_of((authorization or "").removeprefix("Bearer ").strip() or None)
         model = str(body.get("model", ""))
         rule = rules.pick(endpoint, model, prompt)
@@ -104,31 +104,34 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         if seen < rule.fail_first:
             fault = f"fail_first {seen + 1}/{rule.fail_first}"
             ledger.record(caller=caller, endpoint=endpoint, model=model, prompt=prompt,
-                          request=body, rule=rule.name, status=rule.fail_status, fault=fault, reply=None)
+                          request=body, rule=rule.name, status=rule.fail_status, fault=fault, reply=None,
+                          origin=origin)
             kind = "rate_limit_exceeded" if rule.fail_status == 429 else "server_error"
-            return rule, None, None, openai_error(rule.fail_status, f"injected fault ({fault}) by rule {rule.name!r}",
-                                                  kind)
+            return rule, None, None, None, openai_error(
+                rule.fail_status, f"injected fault ({fault}) by rule {rule.name!r}", kind)
         index, turn = rule.turn(tool_results)
         calls = turn.tool_calls()
         if calls:
             reply = json.dumps([{"call": c.tool, "arguments": rule.arguments_text(c)} for c in calls])
+            usage = usage_for(prompt_tokens, "".join(rule.arguments_text(c) for c in calls))
         else:
             reply = rule.turn_text(turn)
+            usage = usage_for(prompt_tokens, reply)
         ledger.record(caller=caller, endpoint=endpoint, model=model, prompt=prompt, request=body,
                       rule=rule.name, status=200, fault="malformed" if rule.malformed else None,
-                      reply=reply, turn=index)
-        return rule, index, turn, None
+                      reply=reply, turn=index, origin=origin, usage=usage.as_dict())
+        return rule, index, turn, usage, None
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, authorization: str | None = Header(None)):
+    async def chat_completions(request: Request):
         body = await request.json()
         messages = body.get("messages") or []
         if body.get("stream"):
             return openai_error(400, "the course LLM does not stream; call without stream=True",
                                 "invalid_request_error")
         tool_results = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "tool")
-        rule, _, turn, error = answer("chat.completions", body, authorization, last_user_message(messages),
-                                      tool_results)
+        rule, _, turn, usage, error = answer("chat.completions", body, request, last_user_message(messages),
+                                             tool_results, chat_prompt_tokens(messages))
         await asyncio.sleep(rule.latency_ms / 1000)
         if error is not None:
             return error
@@ -141,8 +144,6 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         else:
             text = rule.turn_text(turn)
             message = {"role": "assistant", "content": text}
-        prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-        completion_tokens = count_tokens(text)
         completion = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             object="chat.completion",
@@ -150,13 +151,15 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
             model=body.get("model") or "gpt-4o-mini",
             choices=[{"index": 0, "finish_reason": "tool_calls" if calls else "stop", "logprobs": None,
                       "message": message}],
-            usage=CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  total_tokens=prompt_tokens + completion_tokens),
+            usage=CompletionUsage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                                  total_tokens=usage.total_tokens,
+                                  completion_tokens_details=CompletionTokensDetails(
+                                      reasoning_tokens=usage.reasoning_tokens)),
         )
         return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
 
     @app.post("/v1/responses")
-    async def responses(request: Request, authorization: str | None = Header(None)):
+    async def responses(request: Request):
         body = await request.json()
         if body.get("stream"):
             return openai_error(400, "the course LLM does not stream; call without stream=True",
@@ -164,7 +167,8 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         items = body.get("input")
         items = [{"role": "user", "content": items}] if isinstance(items, str) else list(items or [])
         tool_results = sum(1 for item in items if isinstance(item, dict) and item.get("type") == "function_call_output")
-        rule, _, turn, error = answer("responses", body, authorization, last_user_message(items), tool_results)
+        rule, _, turn, usage, error = answer("responses", body, request, last_user_message(items), tool_results,
+                                             responses_input_tokens(body.get("instructions"), items))
         await asyncio.sleep(rule.latency_ms / 1000)
         if error is not None:
             return error
@@ -180,8 +184,6 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
             output = [ResponseOutputMessage(
                 type="message", id=f"msg_{uuid.uuid4().hex[:24]}", role="assistant", status="completed",
                 content=[ResponseOutputText(type="output_text", text=text, annotations=[])])]
-        input_tokens = count_tokens(str(body.get("instructions") or "") + json.dumps(items))
-        output_tokens = count_tokens(text)
         response = Response(
             id=f"resp_{uuid.uuid4().hex[:24]}",
             object="response",
@@ -194,9 +196,10 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
             tool_choice=body.get("tool_choice") or "auto",
             tools=echo_tools(body.get("tools")),
             usage=ResponseUsage(
-                input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens,
+                input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
-                output_tokens_details=OutputTokensDetails(reasoning_tokens=0)),
+                output_tokens_details=OutputTokensDetails(reasoning_tokens=usage.reasoning_tokens)),
         )
         return JSONResponse(response.model_dump(mode="json", exclude_none=True))
 
