@@ -2,7 +2,7 @@
 # Each creates and fills .venv/ when it is missing. Needs only Python >= 3.11, git and make.
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make demo    run the Lab 01 crash demo on the reference solution"
-	@echo "make test    run every test (kit, self-test, notebooks)"
+	@echo "make test    run every test (kit, self-test, notebooks); xdist workers from the CPUs (.ci/workers)"
 	@echo "make setup   create .venv/ (done automatically by the two above)"
 	@echo "make up / make down   start / stop the course services in the background"
 	@echo "make bench   time lab check 01 --solution and make test"
@@ -29,8 +29,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/lab demo 01 --no-ui
 
+# xdist workers: from the CPU this machine (or its cgroup quota) gives us, 1.5 per core, at least 1
+# (.ci/workers says the rule; `make test WORKERS=N` or LAB_TEST_WORKERS=N overrides it).
+WORKERS ?= $(shell $(PYTHON) .ci/workers)
+
 test: setup
-	$(BIN)/python -m pytest tests -q -n 3
+	@$(PYTHON) .ci/workers --explain >/dev/null
+	$(BIN)/python -m pytest tests -q -n $(WORKERS)
 
 up: setup
 	$(BIN)/lab up
