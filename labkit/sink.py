@@ -17,6 +17,9 @@ SIGKILLed mid-request, and the grader reads it from outside (`SinkStore`, ``GET 
 A *hold* (``POST /_hold``) makes the sink record a matching delivery and then hold back its answer
 until it is released (``POST /_release``), a delay passes, or the caller hangs up. That is the
 window a check needs: the side effect has happened, and the caller has not heard about it yet.
+A hold given ``kill_pid`` also SIGKILLs that process (and its process group) the moment it has
+recorded the delivery: the crash lands inside the window, with no race between a check noticing
+the delivery and the caller's own timeouts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -225,6 +229,7 @@ class Hold:
     match: str | None = None  # regex searched in the message text
     times: int = 1
     release_after_s: float = DEFAULT_HOLD_S
+    kill_pid: int | None = None  # SIGKILL this process (and its group) once the delivery is recorded
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, caller: str, channel: str, text: str) -> bool:
@@ -256,11 +261,12 @@ def create_app(state_dir: Path) -> FastAPI:
 
     @app.post("/_hold")
     async def add_hold(body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"caller", "channel", "match", "times", "release_after_s"}
+        unknown = set(body) - {"caller", "channel", "match", "times", "release_after_s", "kill_pid"}
         if unknown:
             return error(422, f"unknown hold field(s): {', '.join(sorted(unknown))}")
         hold = Hold(id=len(holds) + 1, caller=body.get("caller"), channel=body.get("channel"), match=body.get("match"),
-                    times=int(body.get("times", 1)), release_after_s=float(body.get("release_after_s", DEFAULT_HOLD_S)))
+                    times=int(body.get("times", 1)), release_after_s=float(body.get("release_after_s", DEFAULT_HOLD_S)),
+                    kill_pid=int(body["kill_pid"]) if body.get("kill_pid") else None)
         holds.append(hold)
         return {"hold": hold.id}
 
@@ -296,6 +302,8 @@ def create_app(state_dir: Path) -> FastAPI:
             if hold is not None:
                 hold.times -= 1
                 store.mark(attempt.id, held=True)
+                if hold.kill_pid:
+                    kill_now(hold.kill_pid)
                 if await held_until_released(request, hold):
                     store.mark(attempt.id, caller_gone=True)
                     return JSONResponse(answer)  # nobody is listening any more
@@ -304,6 +312,15 @@ def create_app(state_dir: Path) -> FastAPI:
         return JSONResponse(answer, headers=headers)
 
     return app
+
+
+def kill_now(pid: int) -> None:
+    """SIGKILL a process and its process group (a worker forked into a group of its own)."""
+    for send in (os.kill, os.killpg):
+        try:
+            send(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 async def held_until_released(request: Request, hold: Hold) -> bool:
@@ -400,10 +417,11 @@ class NotificationSink:
         raise ServiceError(f"the notification sink did not answer on port {self.port} within {timeout:.0f} s")
 
     def hold(self, *, caller: str | None = None, channel: str | None = None, match: str | None = None,
-             times: int = 1, release_after_s: float = DEFAULT_HOLD_S) -> int:
-        """Hold back the answer to the next `times` matching deliveries; the hold's id."""
+             times: int = 1, release_after_s: float = DEFAULT_HOLD_S, kill_pid: int | None = None) -> int:
+        """Hold back the answer to the next `times` matching deliveries; the hold's id. `kill_pid`:
+        SIGKILL that process (and its group) as soon as a held delivery is recorded."""
         body: dict[str, Any] = {"times": times, "release_after_s": release_after_s}
-        for name, value in (("caller", caller), ("channel", channel), ("match", match)):
+        for name, value in (("caller", caller), ("channel", channel), ("match", match), ("kill_pid", kill_pid)):
             if value is not None:
                 body[name] = value
         response = httpx.post(f"{self.wait_ready().base_url}/_hold", json=body, timeout=5)
