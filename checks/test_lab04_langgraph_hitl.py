@@ -15,6 +15,7 @@ the checkpointer's own list() on a fresh connection, and plain SQL on the checkp
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from labkit import course, prefork, proc
@@ -32,7 +34,8 @@ from labkit.services import CourseLLM
 from labkit.web import CourseWeb, WebLedger
 
 LAB = "04"
-STEP_TIMEOUT_S = 30.0  # one CLI process: 0.2-1 s forked, 2-8 s with a plain exec on a busy 2-core machine
+IDLE_LIMIT_S = 20.0  # a student process that uses no CPU this long is stuck (see Watchdog)
+CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s, forked or not)
 # (the last ones are what the first LLM call and the first page read import lazily)
 PRELOAD = ["langgraph.graph", "langgraph.graph.message", "langgraph.types", "langgraph.checkpoint.postgres",
            "langgraph.checkpoint.sqlite", "langgraph.checkpoint.memory", "langchain_core.messages", "openai",
@@ -48,6 +51,8 @@ EDIT_INTERRUPT = "Reviewed via Command: below threshold, bigger surface-code pat
 PAUSED = [(-1, "input"), (0, "loop"), (1, "loop"), (2, "loop")]
 FINISHED = PAUSED + [(3, "loop")]
 FINISHED_WITH_UPDATE = PAUSED + [(3, "update"), (4, "loop")]
+REPLAYED = [(2, "fork"), (3, "loop")]  # what a replay from after search adds (the README's table)
+FORKED = [(2, "update"), (3, "loop")]  # what a fork from after search adds
 
 REVISIT_COUNTS = ("§64.2.3: one checkpoint for the input (step -1), one when START hands it over (step 0), then one "
                   "per node. Paused before review: 4 (steps -1, 0, 1, 2). Finished: 5. An update_state adds one "
@@ -131,6 +136,7 @@ class Snapshot:
     interrupts: list[tuple[str, object]] = field(default_factory=list)  # (checkpoint id, value) from checkpoint_writes
     resumes: list[tuple[str, object]] = field(default_factory=list)
     error: str | None = None
+    stuck: str | None = None  # why the grader killed the process (see Watchdog)
 
     @property
     def nodes(self) -> list[str]:
@@ -225,6 +231,44 @@ def read_postgres(url: str, thread: str, snap: Snapshot) -> None:
             for t in tuples]
 
 
+class Watchdog:
+    """Is a student process stuck? Judged by its progress, not by the clock: a process that is only
+    slow (a loaded or slower machine) keeps using CPU; one that waits for something that never comes
+    (an input(), a lock, a connection nobody answers) uses none. Stuck: no CPU used for IDLE_LIMIT_S
+    in a row, or CPU_LIMIT_S of CPU used in all (a loop that never ends)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.cpu = -1.0
+        self.progress_at = self.sampled_at = time.monotonic()
+        self.verdict: str | None = None
+
+    def cpu_seconds(self) -> float:
+        try:
+            root = psutil.Process(self.pid)
+            total = 0.0
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            return total
+        except psutil.Error:
+            return self.cpu
+
+    def stuck(self) -> str | None:
+        now = time.monotonic()
+        if self.verdict or now - self.sampled_at < 0.5:  # reading /proc costs CPU too: twice a second
+            return self.verdict
+        self.sampled_at, cpu = now, self.cpu_seconds()
+        if cpu > self.cpu + 0.005:
+            self.cpu, self.progress_at = cpu, now
+        if now - self.progress_at >= IDLE_LIMIT_S:
+            self.verdict = f"used no CPU for {IDLE_LIMIT_S:.0f} s in a row: it waits for something that never comes"
+        elif self.cpu >= CPU_LIMIT_S:
+            self.verdict = f"used {self.cpu:.0f} s of CPU without finishing: a loop that never ends"
+        return self.verdict
+
+
 # --- the scenario --------------------------------------------------------------------------------
 
 class Harness:
@@ -278,23 +322,25 @@ class Harness:
                     chain.stopped = why.summary.removeprefix("not checked: ")
                     return
                 args += ["--thread", chain.thread, "--pause", chain.pause]
-                running[chain.name] = (step.label, args, self.start(chain, step.label, args), time.monotonic())
+                process = self.start(chain, step.label, args)
+                running[chain.name] = (step.label, args, process, time.monotonic(), Watchdog(process.pid))
                 return
 
         for chain in chains:
             start_next(chain)
         try:
             while running:
-                for name, (label, args, process, started) in list(running.items()):
+                for name, (label, args, process, started, watchdog) in list(running.items()):
                     chain = by_name[name]
-                    elapsed = time.monotonic() - started
-                    if process.alive and elapsed < STEP_TIMEOUT_S:
+                    if process.alive and not watchdog.stuck():
                         continue
                     del running[name]
+                    elapsed = time.monotonic() - started
                     if process.alive:
                         process.kill()
-                        chain.snaps[label] = self.observe(chain, label, args, process, elapsed)
-                        chain.stopped = f"`{' '.join(args)}` was still running after {STEP_TIMEOUT_S:.0f} s"
+                        snap = chain.snaps[label] = self.observe(chain, label, args, process, elapsed)
+                        snap.stuck = watchdog.verdict
+                        chain.stopped = f"`{' '.join(args)}` {watchdog.verdict}"
                         continue
                     process.stop()
                     snap = chain.snaps[label] = self.observe(chain, label, args, process, elapsed)
@@ -304,7 +350,7 @@ class Harness:
                     start_next(chain)
                 time.sleep(0.01)
         finally:
-            for label, args, process, started in running.values():
+            for label, args, process, started, watchdog in running.values():
                 process.kill()
 
 
@@ -432,9 +478,9 @@ KNOWN_ERRORS = [
 
 
 def process_failed(snap: Snapshot, what: str, expected: str) -> CheckFailed:
-    if snap.exit_code is None or snap.seconds >= STEP_TIMEOUT_S:
-        return CheckFailed(f"`{' '.join(snap.argv)}` was still running after {STEP_TIMEOUT_S:.0f} s",
-                           observed="the process never exited (it was killed)", expected=expected,
+    if snap.stuck or snap.exit_code is None:
+        return CheckFailed(f"`{' '.join(snap.argv)}` never finished: it {snap.stuck or 'was killed'}",
+                           observed=f"the process ran {snap.seconds:.0f} s and was killed", expected=expected,
                            revisit="Something blocks: an input() waiting for a human, a lock, a loop that "
                                    "waits in the process. " + REVISIT_PAUSE, details=tail(snap.log))
     error = last_exception(snap.log) or f"exit status {snap.exit_code}"
@@ -450,7 +496,7 @@ def process_failed(snap: Snapshot, what: str, expected: str) -> CheckFailed:
 def require_ok(chain: Chain, label: str, what: str, expected: str, owner: bool = False) -> Snapshot:
     """A step that must have exited 0; the check that owns it says why not, the others are blocked."""
     snap = chain.snap(label)
-    if snap.exit_code == 0 and snap.seconds < STEP_TIMEOUT_S:
+    if snap.exit_code == 0 and not snap.stuck:
         if snap.error:
             raise CheckFailed(f"The grader could not read the checkpoints after `{label}`: {snap.error}",
                               revisit="Were the checkpoint tables created by the saver (setup())?")
@@ -506,6 +552,12 @@ def unchanged_failure(before: list[Checkpoint], after: Snapshot, what: str) -> C
     return None
 
 
+def parent_name(checkpoint: Checkpoint, snap: Snapshot) -> str:
+    """A checkpoint's parent, by step and source when the grader knows it."""
+    parent = snap.by_id().get(checkpoint.parent) if checkpoint.parent else None
+    return f"step {parent.step} ({parent.source})" if parent else str(checkpoint.parent)
+
+
 def new_checkpoints(before: Snapshot, after: Snapshot) -> list[Checkpoint]:
     known = {c.id for c in before.library}
     return [c for c in after.library if c.id not in known]
@@ -524,8 +576,10 @@ def chain_failure(new: list[Checkpoint], root: Checkpoint, what: str, revisit: s
         revisit=revisit)
 
 
-def approved_failure(head: Checkpoint | None, summary: str, moment: str) -> CheckFailed | None:
-    """The finished thread: approved, nothing next, and the answer (the last message) is the approved summary."""
+def approved_failure(head: Checkpoint | None, summary: str, moment: str,
+                     question: str = QUERY) -> CheckFailed | None:
+    """The finished thread: approved, nothing next, and its messages are the conversation: the human's
+    question, untouched, then the answer (review's one AI message), the approved summary."""
     if head is None:
         return CheckFailed(f"No checkpoint {moment}")
     if head.next:
@@ -534,6 +588,18 @@ def approved_failure(head: Checkpoint | None, summary: str, moment: str) -> Chec
             observed=f"the thread's latest checkpoint: {head.describe()}",
             expected="the thread finished: review ran, nothing left to run, status \"approved\"",
             revisit=REVISIT_RESUME)
+    human = [content for kind, content in head.messages if kind == "human"]
+    if human != [question]:
+        return CheckFailed(
+            f"The finished thread lost the human's question {moment}" if not human else
+            f"The finished thread's messages do not hold the human's question as it was asked {moment}",
+            observed="messages: " + (", ".join(f"{kind}: {content[:60]!r}" for kind, content in head.messages)
+                                     or "none"),
+            expected=f"the question {question!r} (a human message) and, after it, review's answer: a conversation "
+                     "keeps what was asked",
+            revisit="messages has the add_messages reducer (messages: Annotated[list[AnyMessage], add_messages]): "
+                    "a node's returned messages are appended to the ones already there. Without the reducer a "
+                    "node's return value replaces the whole list, and review's answer wipes out the question.")
     ai = [content for kind, content in head.messages if kind == "ai"]
     problems = []
     if head.status != "approved":
@@ -662,19 +728,21 @@ def test_an_edited_summary_is_the_one_approved(scenario, evidence):
 def test_replay_from_after_search_reruns_summarize(scenario, evidence):
     """Given the finished main thread,
     When `cli replay --checkpoint <after search>` runs in a new process,
-    Then summarize runs again (exactly one more LLM call, no search), the new checkpoints hang
-    from the after-search checkpoint and end paused before review, and the original branch's
-    5 checkpoints are untouched."""
+    Then exactly the README's two checkpoints are added: LangGraph's copy of the after-search
+    checkpoint (step 2, source "fork", its parent the after-search checkpoint, the same values),
+    then summarize's (step 3), paused before review again; summarize runs again (exactly one more
+    LLM call, no search), and the original branch's 5 checkpoints are untouched."""
     chain = scenario.require().main
     root = after_search(chain)
     approve = require_ok(chain, "approve", "", "")
     replay = require_ok(chain, "replay", "The replay failed", "exit status 0, paused before review again", owner=True)
     new = new_checkpoints(approve, replay)
     evidence.update(llm_calls=len(replay.calls), new_checkpoints=len(new))
-    if replay.searches or any(c.source == "input" for c in new):
+    observed_new = "new checkpoints: " + ("; ".join(f"{c.describe()} <- parent {parent_name(c, replay)}" for c in new)
+                                          or "none")
+    if any(c.source == "input" for c in new):
         raise CheckFailed("The replay started over from a new input instead of re-running from the checkpoint",
-                          observed=f"searches during the replay: {replay.searches or 'none'}; new checkpoints: "
-                                   + "; ".join(c.describe() for c in new),
+                          observed=f"searches during the replay: {replay.searches or 'none'}; {observed_new}",
                           expected="no search, no input checkpoint: only what comes after search runs again",
                           revisit=REVISIT_REPLAY)
     if not new:
@@ -684,6 +752,33 @@ def test_replay_from_after_search_reruns_summarize(scenario, evidence):
                           revisit="Did the replay pass the checkpoint_id? invoke(None, thread config) continues the "
                                   "thread's latest checkpoint, and a finished thread has nothing left to run. "
                                   + REVISIT_REPLAY)
+    first = new[0]
+    if first.parent != root.id:
+        parent = replay.by_id().get(first.parent)
+        raise CheckFailed(
+            "The replay did not start from the checkpoint after search",
+            observed=f"{observed_new}; searches during the replay: {replay.searches or 'none'}",
+            expected=f"the first new checkpoint hangs from {root.id} (step 1, after search), the checkpoint the "
+                     "replay was given" + (f", not from step {parent.step} ({parent.source})" if parent else ""),
+            revisit="Replay from exactly the checkpoint you are given: {\"configurable\": {\"thread_id\": T, "
+                    "\"checkpoint_id\": ID}}. " + REVISIT_REPLAY)
+    if [c.shape() for c in new] != REPLAYED:
+        update = first.source == "update"
+        raise CheckFailed(
+            "The replay wrote a state update: that is how a fork starts, not a replay" if update else
+            "The replay's new checkpoints are not the two a replay adds",
+            observed=observed_new,
+            expected="exactly 2 new checkpoints: " + ", ".join(f"step {st} ({src})" for st, src in REPLAYED)
+                     + ": LangGraph's copy of the past checkpoint (source \"fork\"), then summarize's",
+            revisit=("update_state writes a checkpoint of its own (source \"update\"): it changes history, which "
+                     "is what a fork does. A replay changes nothing: invoke(None, past_config), and LangGraph "
+                     "itself copies the past checkpoint (source \"fork\") and runs from the copy. "
+                     if update else "") + REVISIT_REPLAY)
+    if first.next != root.next or first.values != root.values:
+        raise CheckFailed("The replay's first checkpoint is not a copy of the checkpoint after search",
+                          observed=f"after search: {root.describe()}; the copy: {first.describe()}",
+                          expected="the same state and the same next node (summarize): a replay changes nothing",
+                          revisit=REVISIT_REPLAY)
     failure = (llm_calls_failure(replay, ["summarize"], "during the replay")
                or chain_failure(new, root, "The replay", REVISIT_REPLAY)
                or unchanged_failure(approve.library, replay, "The replay"))
@@ -692,6 +787,10 @@ def test_replay_from_after_search_reruns_summarize(scenario, evidence):
             failure.summary = "The replay did not run summarize again"
             failure.revisit = REVISIT_REPLAY
         raise failure
+    if replay.searches:
+        raise CheckFailed("The replay searched the web again", observed=f"searches: {replay.searches}",
+                          expected="no search: search ran before the checkpoint the replay starts from",
+                          revisit=REVISIT_REPLAY)
     head = new[-1]
     if head.next != ("review",) or head.status != "summarized":
         raise CheckFailed("The replayed branch did not stop before review again",
@@ -737,6 +836,12 @@ def test_fork_with_a_new_question_makes_a_new_branch(scenario, evidence):
         raise CheckFailed("The fork did not start with update_state",
                           observed=f"first new checkpoint: {first.describe()}; searches: {fork.searches or 'none'}",
                           expected="source \"update\" (update_state on the past checkpoint), and no new search",
+                          revisit=REVISIT_FORK)
+    if [c.shape() for c in new] != FORKED:
+        raise CheckFailed("The fork's new checkpoints are not the two a fork adds",
+                          observed="new checkpoints: " + "; ".join(c.describe() for c in new),
+                          expected="exactly 2: " + ", ".join(f"step {st} ({src})" for st, src in FORKED)
+                                   + ": the update, then summarize's",
                           revisit=REVISIT_FORK)
     if fork.nodes != ["summarize"] or FORK_QUERY not in fork.calls[0][1]:
         raise CheckFailed("The fork's branch did not summarize for the new question",

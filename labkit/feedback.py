@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass, field
 
@@ -41,15 +42,47 @@ def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+TRACEBACK_HEAD = "Traceback (most recent call last):"
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")  # "psycopg.errors.UndefinedTable: relation ..."
+# Words that, in the exception line, mean a client could not reach its server (not merely that the
+# word "connection" appears somewhere in a log: a file path, a variable, a hint).
+UNREACHABLE = ("connection refused", "could not connect", "connection failed", "connecterror",
+               "apiconnectionerror", "name or service not known", "no route to host", "connection reset",
+               "server closed the connection", "connection timed out", "connecttimeout")
+
+
 def student_error(log: str) -> str | None:
-    """The last exception line of a Python traceback in a log, if any ("SyntaxError: ...")."""
+    """The last exception of a Python traceback in a log, if any ("SyntaxError: ...",
+    "psycopg.errors.ActiveSqlTransaction: ..."): the first unindented line after a traceback's
+    frames, whatever the exception's name ends with. A log with no traceback: its last line whose
+    first word names an error ("FooError: ...", "...Exception", "...Exit", "...Interrupt")."""
     found = None
+    in_traceback = False
     for line in log.splitlines():
+        if line.startswith(TRACEBACK_HEAD):
+            in_traceback = True
+            continue
+        if in_traceback:
+            if not line.strip() or line[:1] in (" ", "\t"):
+                continue  # a frame, its source line, or a caret line
+            in_traceback = False
+            if EXCEPTION_LINE.match(line.rstrip()):
+                found = line.strip()
+            continue
         stripped = line.strip()
         head = stripped.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Interrupt", "Exit")) and " " not in head:
             found = stripped
     return found
+
+
+def unreachable(log: str) -> str | None:
+    """The student process's last exception, when it says a server could not be reached (connection
+    refused, a host that does not resolve, ...); None for any other error."""
+    error = student_error(log)
+    if error and any(word in error.lower() for word in UNREACHABLE):
+        return error
+    return None
 
 
 def unfinished(message: str, lab: str) -> CheckFailed | None:

@@ -7,7 +7,7 @@
   BUG(<name>)) fails the checks that own the bug, with their teaching message; the checks listed
   as blocked say "not checked"; every other check passes;
 - the differently shaped correct variant passes everything;
-- every run gives a verdict within its budget and leaves no process behind.
+- every run gives a verdict and leaves no process behind (no wall-clock budget: issue 13).
 
 The starter and the TODO markers: tests/test_course_selftest.py. How a run works: tests/selftest.py.
 """
@@ -20,8 +20,6 @@ from selftest import (Variant, assert_folders_match, assert_solution_plus_marked
 from labkit import course
 
 LAB = course.load().lab("04")
-RUN_BUDGET_S = 40  # measured 4.7-6.5 s (forked) on a shared 2-core machine at load 3-5; a hang: 30 s+ per step
-PLAIN_EXEC_BUDGET_S = 60  # ten cold interpreters importing langgraph: 14 s at load 3-5, 52-58 s at load 12-17
 
 AFTER_MAIN_RUN = ("decision-in-new-process", "replay-reruns-summarize", "fork-makes-a-branch", "sql-confirms")
 FORK_NOT_A_BRANCH = {
@@ -32,7 +30,7 @@ FORK_NOT_A_BRANCH = {
 
 
 def test_every_check_passes_on_the_solution_started_with_plain_exec(tmp_path):
-    run = run_check(LAB, tmp_path, solution=True, env={"LAB_PREFORK": "0"}, budget_s=PLAIN_EXEC_BUDGET_S)
+    run = run_check(LAB, tmp_path, solution=True, env={"LAB_PREFORK": "0"})
     assert not run.failed() and run.returncode == 0, f"failing on the solution: {run.failed()}\n{run.describe()}"
 
 
@@ -66,13 +64,22 @@ VARIANTS = [
         "edited-summary-wins": ("The finished thread does not hold the approved answer", "1 AI message(s), the last "
                                 "'Quantum error correction", "before review reads it"),
     }),
+    Variant("drops_question", changed=("graph.py",), fails={
+        "decision-in-new-process": ("The finished thread lost the human's question", "add_messages reducer"),
+        "edited-summary-wins": ("The finished thread lost the human's question",),
+        "command-resume-edits": ("The finished thread lost the human's question", "wipes out the question"),
+    }),
+    Variant("replay_via_update", changed=("timetravel.py",), fails={
+        "replay-reruns-summarize": ("The replay wrote a state update: that is how a fork starts, not a replay",
+                                    "step 2 (update)", "exactly 2 new checkpoints: step 2 (fork), step 3 (loop)"),
+    }),
     Variant("good_command_update"),
 ]
 
 
 @parametrize(VARIANTS)
 def test_variant_gets_its_verdict(variant, tmp_path):
-    run_variant(LAB, variant, tmp_path, budget_s=RUN_BUDGET_S)
+    run_variant(LAB, variant, tmp_path)
 
 
 def test_variant_folders_match_the_list_and_the_readme():

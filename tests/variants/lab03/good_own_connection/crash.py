@@ -11,7 +11,9 @@ moment the process dies, before that node runs:
 LangGraph starts the next node only after the step that ran `crash_after` has
 been turned into a checkpoint. Whether that checkpoint is already *in the
 database* at that moment depends on the durability mode you pass: that is what
-the lab asks you to find out.
+the lab asks you to find out. The CRASH line names the mode the run used
+(None: LangGraph's default, "async"), so the grader can tell a checkpoint lost
+to the durability mode from any other cause.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import sys
 from typing import Any
 
 
-def die(crash_with: str, after: str, before: str | None) -> None:
+def die(crash_with: str, after: str, before: str | None, durability: str | None = None) -> None:
     where = f"after {after}" + (f", before {before}" if before else ", at the end of the run")
-    print(f"CRASH ({crash_with}) {where}", file=sys.stderr, flush=True)
+    print(f"CRASH ({crash_with}) {where} (durability={durability!r})", file=sys.stderr, flush=True)
     if crash_with == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     sys.exit(1)
@@ -42,7 +44,7 @@ def run(app, inputs: Any, config: dict, *, durability: str | None,
         elif "result" in chunk or "error" in chunk:  # a task finished
             finished.add(chunk["name"])
         elif crash_after in finished:  # a task is about to start after crash_after finished
-            die(crash_with, crash_after, chunk["name"])
+            die(crash_with, crash_after, chunk["name"], durability)
     if crash_after in finished:
-        die(crash_with, crash_after, None)
+        die(crash_with, crash_after, None, durability)
     return final
