@@ -83,7 +83,10 @@ class Snapshot:
     exit_code: int | None
     log: str
     seconds: float
-    calls: list[str] = field(default_factory=list)  # nodes that called the LLM during this process
+    calls: list[str] = field(default_factory=list)  # nodes that called the LLM during this process (prompt tag)
+    # per call, the origin the request carried (labkit.attribution): None when it carried none (not judged),
+    # else the LangGraph node running when the request was sent ("" outside any node)
+    made_in: list[str | None] = field(default_factory=list)
     tables: bool = False  # the checkpoint tables exist
     library: list[Checkpoint] = field(default_factory=list)  # saver.list(config), oldest first
     sql: list[Checkpoint] = field(default_factory=list)  # SELECT ... ORDER BY checkpoint_id
@@ -259,6 +262,8 @@ class Harness:
         if entries:
             chain.ledger_seen = entries[-1].id
         snap.calls = [(NODE_TAG.search(e.prompt) or [None, "?"])[1] for e in entries]
+        snap.made_in = [None if getattr(e, "origin", None) is None else (e.origin.get("node") or "")
+                        for e in entries]
         try:
             if chain.backend == "postgres":
                 read_postgres(chain.location, chain.thread, snap)
@@ -700,7 +705,8 @@ def test_resume_in_a_new_process_runs_only_report(scenario, evidence):
 @pytest.mark.check("llm-once-per-node")
 def test_each_node_called_the_llm_once_across_both_processes(scenario, evidence):
     """Given the crashed run and its resume (two processes),
-    Then the ledger shows fetch, transform and report each called the LLM exactly once."""
+    Then the ledger shows fetch, transform and report each called the LLM exactly once, each call
+    sent by its own node while it ran (the origin every request carries)."""
     scenario.require()
     require_crash(scenario.pg, "exit")
     run, resume = scenario.pg.snap("run"), scenario.pg.snap("resume")
@@ -708,6 +714,9 @@ def test_each_node_called_the_llm_once_across_both_processes(scenario, evidence)
         raise NotChecked(f"not checked: the resume failed (exit status {resume.exit_code})")
     counts = Counter(run.calls + resume.calls)
     evidence.update({f"llm_{node}": counts[node] for node in NODES})
+    failure = attribution_failure([run, resume])
+    if failure:
+        raise failure
     started_over = "fetch" in resume.calls  # the resume ran the thread from START again
     for node in NODES:
         if counts[node] != 1:
@@ -722,6 +731,29 @@ def test_each_node_called_the_llm_once_across_both_processes(scenario, evidence)
                 observed=f"run: {', '.join(run.calls) or 'no call'}; resume: {', '.join(resume.calls) or 'no call'}",
                 expected="fetch, transform (run), then report (resume): each node once",
                 revisit=revisit)
+
+
+def attribution_failure(snaps: list[Snapshot]) -> CheckFailed | None:
+    """Every LLM call was sent while the node it is tagged with ran (the request's origin says which
+    LangGraph node sent it): a node's call made by another node, or outside the graph, is not that
+    node's execution."""
+    for snap in snaps:
+        for tag, node in zip(snap.calls, snap.made_in):
+            if node is None or node == tag:
+                continue
+            where = f"while the node {node!r} ran" if node else "outside any graph node"
+            return CheckFailed(
+                f"The LLM call tagged {tag!r} was made {where}",
+                observed=f"during `{' '.join(snap.argv)}`: " + ", ".join(
+                    f"{t} (sent by {n or 'no node'})" if n is not None else t
+                    for t, n in zip(snap.calls, snap.made_in)),
+                expected="each node's one LLM call sent by that node, while it runs: fetch's by fetch, "
+                         "transform's by transform, report's by report",
+                revisit="A node's work is what LangGraph checkpoints after that node: a call made early, in "
+                        "another node (and its reply kept for later), or outside the graph, is not saved as "
+                        "that node's step, and a crash or a resume no longer means what the lab measures. "
+                        "Each node calls ask(\"<its name>\", ...) itself, once.")
+    return None
 
 
 @pytest.mark.check("five-checkpoints")

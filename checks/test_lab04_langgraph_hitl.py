@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from labkit import course, prefork, proc
-from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished, unreachable
 from labkit.llm import Ledger
 from labkit.services import CourseLLM
 from labkit.web import CourseWeb, WebLedger
@@ -129,6 +129,9 @@ class Snapshot:
     log: str
     seconds: float
     calls: list[tuple[str, str]] = field(default_factory=list)  # (node, prompt) of each LLM call
+    # per call, the LangGraph node running when the request was sent (labkit.attribution): None when the
+    # request carried no origin (not judged), "" when it was sent outside any node
+    made_in: list[str | None] = field(default_factory=list)
     searches: list[str] = field(default_factory=list)  # queries searched on the course web
     tables: bool = False
     library: list[Checkpoint] = field(default_factory=list)  # saver.list(thread), oldest first
@@ -297,6 +300,8 @@ class Harness:
         if entries:
             chain.ledger_seen = entries[-1].id
         snap.calls = [((NODE_TAG.search(e.prompt) or [None, "?"])[1], e.prompt) for e in entries]
+        snap.made_in = [None if getattr(e, "origin", None) is None else (e.origin.get("node") or "")
+                        for e in entries]
         searches = self.web_ledger.entries(caller=chain.key, kind="search", since_id=chain.web_seen)
         if searches:
             chain.web_seen = searches[-1].id
@@ -439,16 +444,9 @@ def scenario(postgres, course_llm, web_launched, lab_target, tmp_path_factory) -
 
 # --- diagnosis -----------------------------------------------------------------------------------
 
-EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Table|Warning)\b.*)$")
-
-
 def last_exception(log: str) -> str | None:
-    found = student_error(log)
-    for line in log.splitlines():
-        match = EXCEPTION_LINE.match(line.rstrip())
-        if match:
-            found = match.group(1)
-    return found
+    """The last exception line of a traceback, whatever the exception is called."""
+    return student_error(log)
 
 
 KNOWN_ERRORS = [
@@ -472,9 +470,10 @@ KNOWN_ERRORS = [
      "thread_id used?"),
     ("'_put_checkpoint_fut'",
      "The graph has no checkpointer: compile(checkpointer=saver, ...)."),
-    ("connection", "The process could not reach a service: read DATABASE_URL, OPENAI_BASE_URL and COURSE_WEB_URL "
-                   "from the environment (the course-provided helpers do)."),
 ]
+REVISIT_UNREACHABLE = ("The process could not reach a server. The course's cli.py, savers.py, llm.py and websearch.py "
+                       "read DATABASE_URL, OPENAI_BASE_URL and COURSE_WEB_URL from the environment (the grader sets "
+                       "them): reach the database, the LLM and the web only through them.")
 
 
 def process_failed(snap: Snapshot, what: str, expected: str) -> CheckFailed:
@@ -488,6 +487,7 @@ def process_failed(snap: Snapshot, what: str, expected: str) -> CheckFailed:
     if todo:
         return todo
     revisit = next((advice for needle, advice in KNOWN_ERRORS if needle in snap.log),
+                   REVISIT_UNREACHABLE if unreachable(snap.log) else
                    "Read the error above; run the same command yourself (see the README) to see it whole.")
     return CheckFailed(f"{what}: {error}", observed=f"exit status {snap.exit_code}", expected=expected,
                        revisit=revisit, details=tail(snap.log))
@@ -508,6 +508,18 @@ def require_ok(chain: Chain, label: str, what: str, expected: str, owner: bool =
 
 
 def llm_calls_failure(snap: Snapshot, expected: list[str], moment: str) -> CheckFailed | None:
+    strays = [(tag, node) for (tag, _), node in zip(snap.calls, snap.made_in) if node is not None and node != tag]
+    if strays and "?" not in snap.nodes:
+        tag, node = strays[0]
+        return CheckFailed(
+            f"The LLM call tagged {tag!r} {moment} was made " + (f"while the node {node!r} ran" if node else
+                                                                 "outside any graph node"),
+            observed="LLM calls: " + ", ".join(f"{t} (sent by {n or 'no node'})" if n is not None else t
+                                               for (t, _), n in zip(snap.calls, snap.made_in)),
+            expected="summarize's call sent by summarize, while it runs",
+            revisit="The LLM call is summarize's work, and LangGraph saves it as summarize's step: made in "
+                    "another node (its reply kept for later) or outside the graph, a replay or a fork no longer "
+                    "re-runs it. summarize calls ask(\"summarize\", ...) itself, once.")
     if snap.nodes == expected:
         return None
     observed = f"LLM calls {moment}: {', '.join(snap.nodes) or 'none'}"
