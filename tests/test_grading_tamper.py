@@ -134,10 +134,10 @@ def test_symlinks_to_the_courses_solution_are_not_graded(tmp_path):
 
 
 def test_fake_passed_lines_and_a_forged_report_line_are_ignored(tmp_path):
-    """Given the starter whose worker prints PASSED lines and a forged report line, to its own
+    """Given the starter whose activities module (run by the worker at import) prints PASSED lines and a forged report line, to its own
     output and into the output of the pytest process that runs the checks,
     Then the grade is the starter's."""
-    lab_with(tmp_path, "printer", LAB01.starter_dir, "worker.py", prepend=PYTEST_ANCESTOR + FORGED + """
+    lab_with(tmp_path, "printer", LAB01.starter_dir, "activities.py", prepend=PYTEST_ANCESTOR + FORGED + """
     print("\\n".join(_LINES), flush=True)
     _pid, _ = _pytest_ancestor()
     try:
@@ -155,10 +155,10 @@ def test_fake_passed_lines_and_a_forged_report_line_are_ignored(tmp_path):
 
 
 def test_fake_reports_written_where_they_might_be_read_are_ignored(tmp_path):
-    """Given the starter whose worker writes all-passed reports in every folder above it (and at
+    """Given the starter whose activities module (run by the worker at import) writes all-passed reports in every folder above it (and at
     any report path pytest's command line names), then SIGKILLs pytest so it never writes its own,
     Then nothing is taken from those files: the checks did not finish, 0 points."""
-    lab_with(tmp_path, "reporter", LAB01.starter_dir, "worker.py", prepend=PYTEST_ANCESTOR + FORGED + """
+    lab_with(tmp_path, "reporter", LAB01.starter_dir, "activities.py", prepend=PYTEST_ANCESTOR + FORGED + """
     import signal as _signal
     _written = []
     _pid, _cmdline = _pytest_ancestor()

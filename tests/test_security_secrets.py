@@ -43,12 +43,13 @@ def files_containing(root, needle: str) -> list[str]:
 
 
 def env_dumping_lab(folder):
-    """Lab 01's solution whose worker prints its whole environment, then exits 3."""
+    """Lab 01's solution whose activities module (a student file, imported by the course's worker)
+    prints the worker's whole environment, then exits 3."""
     shutil.copytree(LAB01.solution_dir, folder, ignore=IGNORE)
-    worker = folder / "worker.py"
-    source = worker.read_text()
-    worker.write_text(source.replace("\nimport asyncio\n", HOSTILE_WORKER_PRELUDE + "\nimport asyncio\n", 1))
-    assert "ENV-DUMP" in worker.read_text()
+    activities = folder / "activities.py"
+    source = activities.read_text()
+    activities.write_text(source.replace("\nimport functools\n", HOSTILE_WORKER_PRELUDE + "\nimport functools\n", 1))
+    assert "ENV-DUMP" in activities.read_text()
     return folder
 
 
