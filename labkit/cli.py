@@ -115,8 +115,9 @@ def print_record(lab: course.Lab, record: dict) -> None:
         outcome, colour = "NOT CHECKED", "yellow"
     console.print(f"lab{lab.id} {name} {dots} [{colour}]{outcome}[/{colour}] "
                   f"{record['duration']:.1f}s {evidence}".rstrip())
-    if record.get("blocked"):
-        console.print("  (it inspects the run above, which did not finish)", style="dim")
+    if record.get("blocked"):  # its message says which run it needed, and why that run gave nothing to inspect
+        reason = (record.get("message") or "").strip().splitlines() or ["not checked"]
+        console.print(f"  ({reason[0]})", style="dim", markup=False)
     elif record["outcome"] != "passed":
         console.print(record["message"], markup=False)
         console.print()

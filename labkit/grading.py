@@ -55,8 +55,10 @@ class CheckResult:
     @property
     def reason(self) -> str:
         """The failure in one line, for the CSV."""
-        if self.blocked:
-            return "not checked (the run it inspects did not finish; see the check before)"
+        if self.blocked:  # the check's own words: which run it needed and why there was nothing to inspect
+            first = (self.message.strip().splitlines() or [""])[0][:200]
+            return first if first.lower().startswith("not checked") else f"not checked: {first}" if first \
+                else "not checked (the run it inspects gave nothing to inspect; see the check before)"
         return (self.message.strip().splitlines() or [""])[0][:200]
 
 
