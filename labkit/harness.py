@@ -58,10 +58,21 @@ class WorkerHarness:
         self.workers: list[proc.ManagedProcess] = []
         self.replay = None  # a labkit.temporal.Replay or labkit.replays.ReplaySet, when the scenario starts one
 
+    def next_host(self) -> tuple[Path, dict[str, str]]:
+        """The working directory and environment of the next worker, as if it ran on a host of its
+        own: a fresh, empty working directory, TMPDIR and HOME, so nothing the previous worker kept
+        in local files (a "failed once" marker, a cache) is there for the next one. What survives a
+        crash must live on the servers: Temporal's history, the database, the ledger."""
+        host = self.workdir / f"host{len(self.workers) + 1}"
+        for sub in ("tmp", "home"):
+            (host / sub).mkdir(parents=True, exist_ok=True)
+        return host, dict(self.env, TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
+
     def start_worker(self) -> proc.ManagedProcess:
         n = len(self.workers) + 1
+        cwd, env = self.next_host()
         worker = proc.start([sys.executable, "-m", self.target.module("worker")], name=f"worker{n}",
-                            log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir, student=True)
+                            log_path=self.workdir / f"worker{n}.log", env=env, cwd=cwd, student=True)
         self.workers.append(worker)
         return worker
 
