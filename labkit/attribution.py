@@ -85,7 +85,7 @@ def parse(header: str | None) -> dict | None:
 
 
 def _patch_httpx() -> None:
-    import httpx
+    import importlib
 
     def stamp(request) -> None:
         try:
@@ -93,17 +93,25 @@ def _patch_httpx() -> None:
         except Exception:  # never let the observer break the program
             pass
 
-    sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
+    def patch(httpx) -> None:
+        sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
 
-    def send(self, request, *args, **kwargs):
-        stamp(request)
-        return sync_send(self, request, *args, **kwargs)
+        def send(self, request, *args, **kwargs):
+            stamp(request)
+            return sync_send(self, request, *args, **kwargs)
 
-    async def asend(self, request, *args, **kwargs):
-        stamp(request)
-        return await async_send(self, request, *args, **kwargs)
+        async def asend(self, request, *args, **kwargs):
+            stamp(request)
+            return await async_send(self, request, *args, **kwargs)
 
-    httpx.Client.send, httpx.AsyncClient.send = send, asend
+        httpx.Client.send, httpx.AsyncClient.send = send, asend
+
+    # The openai client (3.x) sends through httpx2, a fork of httpx with its own classes.
+    for name in ("httpx", "httpx2"):
+        try:
+            patch(importlib.import_module(name))
+        except ImportError:
+            continue
 
 
 # --- activity attempts ---------------------------------------------------------------------------
