@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -72,6 +73,7 @@ class LabResult:
     duration: float = 0.0
     started_at: float = field(default_factory=time.time)  # wall clock, for the JUnit timestamp
     trusted_changes: list[str] = field(default_factory=list)  # files the grader trusts that changed meanwhile
+    alongside: set[str] = field(default_factory=set)  # runs that were going at some moment of this one
     note: str = ""  # e.g. the course's files whose edits were ignored
 
     @property
@@ -282,10 +284,7 @@ def _attribute_trusted_changes(results: list[LabResult]) -> None:
     for result in results:
         if not result.trusted_changes:
             continue
-        end = result.started_at + result.duration
-        alongside = sorted({f"{other.submission} (lab {other.lab.id})" for other in results
-                            if other is not result and other.duration
-                            and other.started_at < end and result.started_at < other.started_at + other.duration})
+        alongside = sorted(result.alongside)
         if alongside:
             result.error = (f"not graded: files the grader trusts changed while this ran "
                             f"({_listed(result.trusted_changes)}); this submission or one graded at the same "
@@ -311,12 +310,28 @@ def grade(submissions: Iterable[Path], labs: list[Lab], *, jobs: int, out: Path,
     results: list[LabResult] = []
     pristine = pristine_snapshot()  # one baseline: a change spoils every run that ends after it
     spoilers: list[LabResult] = []  # runs after which the trusted files differed: start nothing more
+    # Which runs went on at the same time, from the runs' states (started, finished), not from
+    # timestamps: a slow machine stretches the gaps between two clocks' readings, not the order.
+    going: set[str] = set()
+    alongside: dict[str, set[str]] = {}
+    lock = threading.Lock()
 
     def run(index: int, submission: Path, lab: Lab, tmp: str) -> LabResult:
         if spoilers:
             return _stopped(submission, lab, spoilers[0])
-        result = grade_one(submission, lab, Path(tmp) / f"{index:04d}-{_safe(submission.name)}-{lab.id}",
-                           time_limit, out / "logs" / f"{_safe(submission.name)}-lab{lab.id}.log", pristine)
+        me = f"{submission.name} (lab {lab.id})"
+        with lock:
+            alongside[me] = set(going)
+            for other in going:
+                alongside[other].add(me)
+            going.add(me)
+        try:
+            result = grade_one(submission, lab, Path(tmp) / f"{index:04d}-{_safe(submission.name)}-{lab.id}",
+                               time_limit, out / "logs" / f"{_safe(submission.name)}-lab{lab.id}.log", pristine)
+        finally:
+            with lock:
+                going.discard(me)
+        result.alongside = alongside[me]
         if result.trusted_changes:
             spoilers.append(result)
         return result
