@@ -97,6 +97,10 @@ VARIANTS = [
         "crash-happened": ("_GeneratorContextManager", "returns a context manager, not a saver"),
         "sigkill-sync": ("_GeneratorContextManager",),
     }),
+    Variant("transform_called_in_fetch", changed=("graph.py",), fails={
+        "llm-once-per-node": ("The LLM call tagged 'transform' was made while the node 'fetch' ran",
+                              "transform (sent by fetch)", "Each node calls ask("),
+    }),
     Variant("good_own_connection"),
 ]
 
