@@ -1,4 +1,4 @@
-"""The agent's tools as methods of one class: the worker builds it once and registers its methods.
+"""The agent's tools as methods of one class, built once; its bound methods are the activities.
 
 Shaped differently from the reference on purpose: a class instead of functions, SQLite's own
 authorizer as the read-only guard, a blocking HTTP client (the worker runs it in a thread pool),
@@ -50,3 +50,10 @@ class AnalystTools:
                               headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": key})
         response.raise_for_status()
         return f"{channel}: delivered as message {response.json()['id']}"
+
+
+# The course's worker registers `query_database` and `send_notification` from this module: one
+# instance's bound methods, under those names.
+_tools = AnalystTools()
+query_database = _tools.query_database
+send_notification = _tools.send_notification
