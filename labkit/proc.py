@@ -30,6 +30,14 @@ _live: dict[int, "ManagedProcess"] = {}
 
 def _own_group() -> None:  # runs in the child between fork and exec
     os.setsid()  # own process group: one signal reaches the whole tree
+    # A background job of a non-interactive shell (`make test &`) starts with SIGINT ignored, and
+    # an ignored signal stays ignored across exec: interrupt() would then never stop the program
+    # gracefully. Its own session has no terminal, so the default loses nothing.
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # forked from a thread that Python does not take for the main one
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).signal(signal.SIGINT, 0)  # SIG_DFL
 
 
 def _own_group_die_with_parent() -> None:

@@ -77,9 +77,7 @@ def test_kill_reaps_the_whole_tree(tmp_path, started):
     pids = [p.pid for p in child.tree()]
     assert len({psutil.Process(pid).ppid() for pid in pids}) == 3  # really three generations
 
-    started_at = time.monotonic()
-    child.kill()
-    assert time.monotonic() - started_at < 3
+    child.kill()  # no grace period: killed_with below says SIGKILL, not a SIGTERM that was waited out
     survivors = [pid for pid in pids if running(pid)]
     assert not survivors, f"kill() left {survivors} running"
     assert not child.alive and child.returncode == -signal.SIGKILL
@@ -113,9 +111,7 @@ def test_interrupt_is_graceful_when_the_program_handles_sigint(tmp_path, started
             sys.exit(0)
     """), name="polite")
     wait_for_output(child, "ready")
-    started_at = time.monotonic()
-    assert child.interrupt(timeout=10) == 0
-    assert time.monotonic() - started_at < 3
+    assert child.interrupt(timeout=10) == 0  # exit status 0: it stopped on SIGINT, no fallback to SIGKILL
     assert "shutting down gracefully" in child.output()
     assert child.killed_with == signal.SIGINT
     assert not running(child.pid)
@@ -135,7 +131,7 @@ def test_interrupt_falls_back_to_sigkill_when_sigint_is_ignored(tmp_path, starte
     started_at = time.monotonic()
     assert child.interrupt(timeout=1) == -signal.SIGKILL
     elapsed = time.monotonic() - started_at
-    assert 1 <= elapsed < 4, f"interrupt(timeout=1) took {elapsed:.1f} s"
+    assert elapsed >= 1, f"interrupt(timeout=1) gave up after {elapsed:.1f} s, before its timeout"
     assert child.killed_with == signal.SIGKILL
     assert not [pid for pid in pids if running(pid)]
 
@@ -154,9 +150,7 @@ def test_reap_all_stops_everything_registered(tmp_path, started):
     pids = [p.pid for m in (plain, tree, deaf) for p in m.tree()]
     assert set(proc.live()) == {plain, tree, deaf}
 
-    started_at = time.monotonic()
     reaped = proc.reap_all(grace=0.5)
-    assert time.monotonic() - started_at < 4
     assert sorted(reaped) == sorted(f"<{name} pid={m.pid} running>" for name, m in
                                     (("plain", plain), ("tree", tree), ("deaf", deaf)))
     assert proc.live() == []

@@ -143,17 +143,15 @@ def test_a_hold_records_first_and_answers_on_release(sink, token):
     assert answers and answers[0].status_code == 200
     first = sink.attempts(caller=token)[0]
     assert first.held and first.answered_at is not None and not first.caller_gone
-    # times=1: the next matching message is answered at once
-    started = time.monotonic()
+    # times=1: the next matching message is not held (the sink's own record says so)
     post(sink, token, "#sales", "hold me again")
-    assert time.monotonic() - started < 2
+    assert [(a.text, a.held) for a in sink.attempts(caller=token)][-1] == ("hold me again", False)
 
 
 def test_a_hold_can_name_a_channel(sink, token):
     sink.hold(caller=token, channel="#exec", release_after_s=0.5)
     started = time.monotonic()
     post(sink, token, "#sales", "another channel")
-    assert time.monotonic() - started < 0.5
     post(sink, token, "#exec", "this channel")
     assert time.monotonic() - started >= 0.5
     assert [a.held for a in sink.attempts(caller=token)] == [False, True]
@@ -163,7 +161,8 @@ def test_a_hold_ends_by_itself_after_its_delay(sink, token):
     sink.hold(caller=token, release_after_s=0.5)
     started = time.monotonic()
     assert post(sink, token, "#sales", "delayed").status_code == 200
-    assert 0.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.5  # held for its delay (a hang would meet the test's timeout)
+    assert sink.attempts(caller=token)[0].held
 
 
 CALLER_SCRIPT = textwrap.dedent("""
