@@ -216,3 +216,30 @@ def test_an_attempt_cut_short_by_a_kill_has_no_end(tmp_path):
     first, second = attribution.read_attempts(log)
     assert first.finished and first.outcome == "failed" and first.ended == 2.0
     assert not second.finished and second.attempt == 2 and second.outcome is None
+
+
+ASK = """
+    import os, openai
+    client = openai.OpenAI(max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+"""
+
+
+def test_the_openai_clients_requests_reach_the_ledger_with_their_origin(tmp_path):
+    """Given a program that asks the course LLM through the real openai client (which sends through
+    its own HTTP stack), when it runs as student code, then the ledger entry names its program."""
+    from labkit import course
+    from labkit.services import CourseLLM
+
+    write_package(tmp_path, {"ask.py": ASK})
+    llm = CourseLLM(tmp_path / "llm", rules_files=[course.COURSE_TOML]).start()
+    key = f"lab-{uuid.uuid4().hex[:8]}"
+    try:
+        env = {"PYTHONPATH": str(tmp_path), "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": key}
+        program = proc.start([sys.executable, "-m", "attrpkg.ask"], name="ask", log_path=tmp_path / "ask.log",
+                             env=env, cwd=tmp_path, student=True)
+        assert program.wait(60) == 0, program.output()
+        (entry,) = llm.ledger().entries(caller=key)
+    finally:
+        llm.stop()
+    assert entry.origin["program"] == "attrpkg.ask" and entry.origin["pid"] == program.pid
