@@ -39,6 +39,10 @@ LAB = "03"
 NODES = ["fetch", "transform", "report"]
 IDLE_LIMIT_S = 20.0  # a student process that uses no CPU this long is stuck (see Watchdog)
 CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s, forked or not)
+# A hang guard for the grader itself, never a verdict: each student process ends, or the Watchdog
+# judges it stuck by its progress, whatever the machine's speed. A plain exec at a quarter core
+# under load took 135 s for the whole scenario (the course-wide 120 s stopped a correct solution).
+HANG_S = 600.0
 # Third-party modules the fork server imports once (never student code); see labkit.prefork.
 PRELOAD = ["langgraph.graph", "langgraph.checkpoint.postgres", "langgraph.checkpoint.sqlite",
            "langgraph.checkpoint.memory", "openai", "psycopg"]
@@ -60,6 +64,8 @@ REVISIT_DURABILITY = ("Durability decides when a checkpoint reaches the database
 REVISIT_RESUME = ("Resuming is app.invoke(None, config) with the same thread_id: None means \"no new "
                   "input, continue from the last checkpoint\". Passing an input starts the thread over.")
 
+
+pytestmark = pytest.mark.timeout(HANG_S)  # the scenario runs inside the first check
 
 # --- evidence ------------------------------------------------------------------------------------
 

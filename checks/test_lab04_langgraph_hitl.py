@@ -36,6 +36,10 @@ from labkit.web import CourseWeb, WebLedger
 LAB = "04"
 IDLE_LIMIT_S = 20.0  # a student process that uses no CPU this long is stuck (see Watchdog)
 CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s, forked or not)
+# A hang guard for the grader itself, never a verdict: each student process ends, or the Watchdog
+# judges it stuck by its progress, whatever the machine's speed. A plain exec at a quarter core
+# under load took 135 s for the whole scenario (the course-wide 120 s stopped a correct solution).
+HANG_S = 600.0
 # (the last ones are what the first LLM call and the first page read import lazily)
 PRELOAD = ["langgraph.graph", "langgraph.graph.message", "langgraph.types", "langgraph.checkpoint.postgres",
            "langgraph.checkpoint.sqlite", "langgraph.checkpoint.memory", "langchain_core.messages", "openai",
@@ -76,6 +80,8 @@ REVISIT_FORK = ("Fork = update_state(past_config, values) then invoke(None, <the
                 "from it. invoke(new_input, thread config) is not a fork: it continues the thread's latest "
                 "checkpoint and starts over from START.")
 
+
+pytestmark = pytest.mark.timeout(HANG_S)  # the scenario runs inside the first check
 
 # --- evidence ------------------------------------------------------------------------------------
 
