@@ -982,7 +982,8 @@ def test_model_turns_were_not_repeated(scenario, evidence):
         raise CheckFailed(
             f"The lab's code called the LLM {len(others)} more time(s), outside the agent's turns "
             f"(from {', '.join(sources)})",
-            observed="; ".join(describe_origin(e, scenario) for e in others[:4]),
+            observed="; ".join(describe_origin(e, scenario)  # those after the kill first: the retry asked again
+                               for e in sorted(others, key=lambda e: e.at <= scenario.killed_at)[:4]),
             expected=f"every request from {MODEL_ACTIVITY} (the agent's own model turns, through the plugin)",
             revisit="A tool activity that calls the LLM (to word a message, to fix a query) calls it again on "
                     "every retry: after the crash it asked again, and none of it is a recorded model turn. Let "
@@ -1138,9 +1139,10 @@ def test_writes_are_refused_and_nothing_changes(scenario, evidence):
                           and o.argument("sql") in scenario.writes})
         ran = sorted({o.argument("sql") for _, o in outputs if not o.output.strip().lower().startswith("refused")
                       and (o.argument("sql") in scenario.writes or str(o.argument("sql")).upper().startswith("ATTACH"))})
-        if refused:
-            idea = (f"Your guard refused {len(refused)} kind(s) of write and let {len(ran) or 'others'} through: a "
-                    "list of forbidden words (or first words) on a read-write connection is never complete. ")
+        plain = [sql for sql in ran if sql.split()[0].upper() in ("DELETE", "UPDATE", "INSERT", "DROP")]
+        if ran and not plain:  # the obvious writes refused, the others run: a guard that reads words
+            idea = (f"Your guard refused the obvious writes and let {len(ran)} other(s) through: it judges the "
+                    "SQL's words, on a connection that can write. ")
         else:
             idea = "query_database ran the writes: nothing stopped them. "
         raise CheckFailed(

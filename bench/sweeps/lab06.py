@@ -14,8 +14,9 @@ Two ledgers, one rule (labkit.sweep):
 - model turns: turn N of workflow W = the course LLM's ledger entries under the trial's key whose
   prompt carries W's marker and that the script answered as turn N; recorded = the history has
   N+1 completed invoke_model_activity; successor = turn N+1.
-- sends (the sink's receipts): the send to channel C of workflow W = the sink's attempts under the
-  trial's token whose Idempotency-Key is `W/<activity id>` and whose channel is C; recorded = that
+- sends (the sink's receipts): the k-th send to channel C of workflow W (the cleanup script posts
+  to #security twice) = the sink's attempts under the trial's token whose Idempotency-Key is
+  `W/<activity id>` for the k-th such activity id (in order) whose posts went to C; recorded = that
   send_notification activity completed in history; successor = the turn after the one that asked.
   A repeat caught in flight is the at-least-once window: the sink received it again and suppressed
   the second delivery (its attempts say "duplicate").
@@ -53,6 +54,20 @@ SCRIPTS = {  # the check's two runs: rule name, question
                                     "Post the numbers to #sales."),
     "cleanup": ("lab06-cleanup", "[lab06 ask=cleanup] Delete the North region's rows from sales, then tell the team."),
 }
+
+
+def send_slots(attempts, workflow_id: str) -> dict[str, str]:
+    """Idempotency-Key -> the logical send it is, `sink:W/<channel>#<k>`: the k-th send of W to
+    that channel, counting W's keys to the channel in activity order (a retry keeps its key)."""
+    per_channel: dict[str, set[str]] = {}
+    for attempt in attempts:
+        if attempt.key and attempt.key.startswith(f"{workflow_id}/"):
+            per_channel.setdefault(attempt.channel, set()).add(attempt.key)
+    slots = {}
+    for channel, keys in per_channel.items():
+        ordered = sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
+        slots.update({key: f"sink:{workflow_id}/{channel}#{k}" for k, key in enumerate(ordered)})
+    return slots
 
 
 def belongs(key: str | None, workflow_id: str) -> bool:
@@ -154,7 +169,8 @@ class Sweep(WorkerScenario):
             turns = sum(run.name == MODEL_ACTIVITY for run in completed)
             found |= {f"{workflow_id}/turn{n}" for n in range(turns)}
             sent = {f"{workflow_id}/{run.activity_id}" for run in completed if run.name == "send_notification"}
-            found |= {f"sink:{workflow_id}/{a.channel}" for a in attempts if a.key in sent}
+            slots = send_slots(attempts, workflow_id)
+            found |= {slots[key] for key in sent if key in slots}
         return found
 
     async def finish(self) -> None:
@@ -184,11 +200,13 @@ class Sweep(WorkerScenario):
         attempts = self.sink.attempts(caller=self.token)
         sends = []
         for workflow_id, kind in self.plan.items():
-            mine = [a for a in attempts if belongs(a.key, workflow_id)]
-            sends += [LogicalCall(key=f"sink:{workflow_id}/{channel}", subject=workflow_id,
-                                  successor=f"{workflow_id}/turn{turn + 1}",
-                                  entries=[(a.at, 200) for a in mine if a.channel == channel])
-                      for turn, channel in self._sends(kind)]
+            slots = send_slots(attempts, workflow_id)
+            seen: Counter = Counter()
+            for turn, channel in self._sends(kind):
+                key = f"sink:{workflow_id}/{channel}#{seen[channel]}"
+                seen[channel] += 1
+                sends.append(LogicalCall(key=key, subject=workflow_id, successor=f"{workflow_id}/turn{turn + 1}",
+                                         entries=[(a.at, 200) for a in attempts if slots.get(a.key) == key]))
         return {"sink": ("send", sends)}
 
     # --- the end state --------------------------------------------------------------------------------
