@@ -2,8 +2,9 @@
 
 It runs the autograder's own scenario (Harness and run_scenario from
 checks/test_lab01_temporal_crash.py), so what you watch is exactly what `lab check 01`
-does to your code: a worker process, two AnalyzeWorkflow runs, parse_json failing on
-attempt 1, SIGKILL during the 2 s retry backoff, a new worker, and the evidence.
+does to your code: a worker process, two AnalyzeWorkflow runs (B first: its first LLM
+request fails with a 500 and Temporal retries call_llm; then A), parse_json failing on
+attempt 1, SIGKILL during A's 2 s retry backoff, a new worker, and the evidence.
 Services are its own: a Temporal dev server (with the Web UI unless --no-ui) and the
 course LLM, on free ports, stopped at the end (or kept until Enter with --keep).
 
@@ -90,15 +91,14 @@ class Narrator:
         self.script = [
             (lambda: len(h.workers) >= 1, self.worker_started),
             (lambda: s.old_identities, lambda: self.polling(0, s.old_identities)),
-            (lambda: s.a.handle is not None, lambda: self.workflow_started(s.a)),
             (lambda: s.b.handle is not None, lambda: self.workflow_started(s.b)),
-            (lambda: len(s.backoff_at_kill) >= 1, lambda: self.in_backoff(s.a, s.backoff_at_kill[0])),
-            (lambda: len(s.backoff_at_kill) >= 2, lambda: self.in_backoff(s.b, s.backoff_at_kill[1])),
+            (lambda: s.b.result is not None or s.b.failed, lambda: self.completed(s.b)),
+            (lambda: s.a.handle is not None, lambda: self.workflow_started(s.a)),
+            (lambda: s.backoff_at_kill is not None, lambda: self.in_backoff(s.a, s.backoff_at_kill)),
             (lambda: s.killed_at is not None, self.killed),
             (lambda: len(h.workers) >= 2, self.restarted),
             (lambda: s.new_identities, lambda: self.polling(1, s.new_identities)),
             (lambda: s.a.result is not None, lambda: self.completed(s.a)),
-            (lambda: s.b.result is not None, lambda: self.completed(s.b)),
         ]
         self.told = 0
 
@@ -139,7 +139,8 @@ class Narrator:
         extra = ""
         if run is self.scenario.b:
             extra = ("\n        [dim]its row was already committed by an earlier save that died before "
-                     "reporting: the idempotent save must return it, not insert again[/dim]")
+                     "reporting: the idempotent save must return it, not insert again; and the course LLM "
+                     "answers its first request with a 500, which Temporal retries[/dim]")
         self.say(f"workflow {run.label} started: {run.workflow_id}{link}{extra}")
 
     def in_backoff(self, run, pending) -> None:
@@ -163,6 +164,9 @@ class Narrator:
         note = ""
         if run is self.scenario.b:
             note = "  [dim](the row saved before the crash: no second insert)[/dim]"
+            if run.failed:
+                self.say(f"workflow {run.label} [red]failed[/red]: {run.failed}")
+                return
         after = f", {time.monotonic() - self.restarted_at:.1f} s after the restart" if self.restarted_at else ""
         self.say(f"workflow {run.label} [green]completed[/green]: row id [bold]{run.result}[/bold]{after}{note}")
 
@@ -175,7 +179,7 @@ def run_timeline(scenario, harness) -> timeline.Timeline:
     names = {first: "worker1", second: "worker2"}
     return timeline.build(
         scenario.a.history,
-        attempts=[timeline.Attempt.from_pending(scenario.backoff_at_kill[0])],
+        attempts=[timeline.Attempt.from_pending(scenario.backoff_at_kill)],
         marks=[timeline.Mark.kill(scenario.killed_at, first, f"SIGKILL pid {worker1.pid}"),
                timeline.Mark.start(datetime.fromtimestamp(worker2.started_at, timezone.utc), second,
                                    f"new worker, pid {worker2.pid}")],
@@ -191,8 +195,11 @@ def report(console: Console, scenario, harness, found: timeline.Timeline) -> Non
 
     ledger = harness.services.llm.ledger().entries(caller=harness.api_key)
     a, b = scenario.a, scenario.b
-    console.print(f"\n[bold]LLM calls for this run: {len(a.llm_requests)}[/bold]  (workflow A; "
-                  f"workflow B: {len(b.llm_requests)}; {len(ledger)} in the course LLM's ledger for this demo)")
+    answered = {run.label: sum(1 for e in run.llm_requests if e.ok) for run in (a, b)}
+    console.print(f"\n[bold]LLM calls for this run: {answered['A']}[/bold]  (workflow A; workflow B: "
+                  f"{answered['B']}, after one 500 that Temporal retried; {len(ledger)} requests in the course "
+                  "LLM's ledger for this demo, each made by " + ", ".join(sorted({
+                      str(e.activity_type) for e in ledger})) + ")")
     runs = temporal.activity_runs(a.history)
     console.print("history of A: " + ", ".join(f"{r.name} {r.outcome} on attempt {r.attempt}" for r in runs))
     console.print(f"rows in SQLite: A → {a.rows}, B → {b.rows}")
@@ -228,12 +235,13 @@ def run(console: Console, *, ui: bool = True, keep: bool = False) -> int:
         services = DemoServices(temporal_server, llm)
         key = uuid.uuid4().hex[:8]
         harness = check.Harness(graded_copy(lab, workdir / "graded"), services, workdir, key)
-        scenario = check.Scenario(a=check.Run("A", f"demo-a-{key}", f"[run a-{key}]"),
-                                  b=check.Run("B", f"demo-b-{key}", f"[run b-{key}]"))
+        rng = check.random.Random(key)
+        scenario = check.Scenario(a=check.new_run("A", key, rng), b=check.new_run("B", key, rng),
+                                  seeded_row_id=rng.randrange(10_000, 2_000_000_000))
         narrator = Narrator(console, harness, scenario, ui_url=temporal_server.ui_url,
                             started=started)
         try:
-            asyncio.run(narrator.watch(check.run_scenario(harness, scenario)))
+            asyncio.run(narrator.watch(check.run_scenario(harness, scenario, key, rng)))
         except CheckFailed as failure:
             console.print(f"[red]the scenario did not go as planned:[/red]\n{failure.render()}")
             return 1
@@ -242,7 +250,7 @@ def run(console: Console, *, ui: bool = True, keep: bool = False) -> int:
 
         report(console, scenario, harness, run_timeline(scenario, harness))
         console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/dim]")
-        ok = (len(scenario.a.llm_requests) == 1 and len(scenario.b.llm_requests) == 1
+        ok = (all(sum(1 for e in run.llm_requests if e.ok) == 1 for run in (scenario.a, scenario.b))
               and scenario.replay is not None and scenario.replay.ok)
         if keep:
             hold(console, temporal_server, scenario)

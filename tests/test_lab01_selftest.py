@@ -7,7 +7,7 @@
 - the differently shaped correct variants (good_*) pass every check: a grader that only accepts
   the reference's shape is wrong;
 - bad input (a syntax error, a missing function, a worker that never polls, a hanging activity)
-  still gets a clear verdict, in time, with nothing left running.
+  still gets a clear verdict, with nothing left running; no verdict waits on a fixed time (issue 13).
 
 The solution, the starter and the TODO markers: tests/test_course_selftest.py. How a run works:
 tests/selftest.py.
@@ -26,13 +26,23 @@ BLOCKED = "not checked: the crash scenario did not finish"
 VARIANTS = [
     # --- the concepts: each lands on the check that teaches it --------------------------------
     Variant("llm_in_parse_json", changed=("activities.py", "workflows.py"), fails={
-        "llm-called-once": ("call_llm reached the LLM 2 times in run A",),
+        "llm-called-once": ("The LLM was called from parse_json attempt 1, not from call_llm, in run A",),
         # there is no separate call_llm step any more
         "activities-completed-once": ("are not call_llm → parse_json → save_to_db", "parse_json (completed, attempt 2)"),
     }),
+    # Issue 14 class 8: called once per run, but from parse_json (its reply cached beside the database)
+    Variant("llm_cached_in_parse_json", changed=("activities.py",), fails={
+        "llm-called-once": ("The LLM was called from parse_json attempt 1, not from call_llm, in run A",
+                            "cached on disk"),
+    }),
     Variant("llm_reask_in_parse_json", changed=("activities.py",), fails={
         "llm-called-once": ("The LLM was called 4 more time(s) with a prompt that is neither run's text",
-                            "Return only the JSON object"),
+                            "Return only the JSON object", "from parse_json attempt"),
+    }),
+    # Issue 14 class 8: the openai client's own retries hide the LLM's 500 from Temporal
+    Variant("client_retries", changed=("activities.py",), fails={
+        "temporal-owns-retries": ("The openai client retried the failed LLM call by itself: 2 requests in one "
+                                  "call_llm attempt", "max_retries=0"),
     }),
     Variant("no_retry_policy", changed=("workflows.py",), fails={
         "retry-policy": ("call_llm was scheduled with a different retry policy",
@@ -49,9 +59,22 @@ VARIANTS = [
         "crash-resume": ("Your workflow code failed inside the worker", "[TMPRL1100] Nondeterminism error",
                          "Activity id of scheduled event 'call_llm-"),
     }),
+    # Issue 14 message: not "mark the import as pass through"
+    Variant("activity_called_directly", changed=("workflows.py",), blocked=ALL, fails={
+        "crash-resume": ("Your workflow ran a side effect itself instead of scheduling an activity",
+                         "Call it with workflow.execute_activity: side effects belong in activities"),
+    }),
     Variant("non_idempotent_save", changed=("activities.py",), fails={
         "one-row-saved": ("save_to_db is not idempotent",
                           "failed: IntegrityError: UNIQUE constraint failed: analysis.workflow_id"),
+    }),
+    # Issue 14 class 8: the pre-committed row's id is drawn per run, so a constant never matches
+    Variant("hardcoded_seeded_id", changed=("activities.py",), fails={
+        "one-row-saved": ("save_to_db is not idempotent", "and returned 4242"),
+    }),
+    # Issue 14 class 5: the row is read back, content included
+    Variant("summary_not_saved", changed=("activities.py",), fails={
+        "one-row-saved": ("Run A's saved row does not hold the analysis the LLM gave it", "summary=''"),
     }),
     # A flag in the worker's memory, per workflow id: the restarted worker fails attempt 2 again,
     # and parse_json completes on attempt 3 (the last one maximum_attempts=3 allows).
@@ -59,24 +82,31 @@ VARIANTS = [
         "activities-completed-once": ("parse_json failed again on the restarted worker",
                                       "completed on attempt 3"),
     }),
+    # Issue 14 class 6: the same idea in a file: the restarted worker runs as on another host
+    Variant("marker_file_failure", changed=("activities.py",), fails={
+        "activities-completed-once": ("parse_json failed again on the restarted worker",
+                                      "completed on attempt 3", "a marker file"),
+    }),
     # One bool for the whole worker: only the first of the two runs fails, the other never retries.
     Variant("global_flag_failure", changed=("activities.py",), blocked=ALL, fails={
-        "crash-resume": ("The workflow finished without any retry", "parse_json completed on attempt 1"),
+        "crash-resume": ("The workflow finished without any retry", "parse_json completed on attempt 1 in workflow A"),
     }),
-    # --- bad input: a clear verdict, in time, nothing left running ----------------------------
+    # --- bad input: a clear verdict, nothing left running -------------------------------------
     Variant("syntax_error", changed=("activities.py",), blocked=ALL, fails={
         "crash-resume": ("Your worker exited before it started polling: SyntaxError",),
     }),
-    Variant("missing_function", changed=("worker.py",), blocked=ALL, fails={
+    Variant("missing_function", changed=("activities.py",), blocked=ALL, fails={
         "crash-resume": ("Your worker exited before it started polling: ImportError: cannot import name "
-                         "'save_analysis'",),
+                         "'save_to_db'",),
     }),
-    # The worker's blocked event loop never runs its SIGTERM handler: the harness must SIGKILL it.
-    Variant("worker_never_polls", changed=("worker.py",), blocked=ALL, budget_s=60, fails={
-        "crash-resume": ("Your worker did not start polling within 20 s", "the process is still running"),
+    # activities.py blocks at import: the worker never polls; the harness finds where and kills it.
+    Variant("worker_never_polls", changed=("activities.py",), blocked=ALL, fails={
+        "crash-resume": ("The worker never started: your module activities.py did not finish importing",
+                         "while not os.path.exists(\"ready\")"),
     }),
-    Variant("hanging_activity", changed=("activities.py",), blocked=ALL, budget_s=60, fails={
-        "crash-resume": ("parse_json never reached its retry backoff within 20 s", "call_llm attempt 1 (started)"),
+    # call_llm never returns: the server's start_to_close_timeout (30 s) says so, at any speed.
+    Variant("hanging_activity", changed=("activities.py",), blocked=ALL, fails={
+        "crash-resume": ("call_llm attempt 1 of workflow B timed out: it never returned",),
     }),
     # --- correct, and shaped differently from the reference -----------------------------------
     Variant("good_class_activities"),

@@ -1,28 +1,40 @@
 """The three activities as methods of one class that owns its resources.
 
-The worker builds one AnalysisActivities (one engine, one LLM client) and
-registers its bound methods. The activity names stay call_llm, parse_json and
-save_to_db.
+One AnalysisActivities holds the database engine and the LLM client, made on
+first use. The course's worker imports call_llm, parse_json and save_to_db from
+this module: they are the bound methods of that one instance. The activity names
+stay call_llm, parse_json and save_to_db.
 """
 
 import asyncio
+import functools
 import json
 import os
+import threading
 
 from openai import AsyncOpenAI
 from pydantic import ValidationError
-from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from .models import Analysis, AnalysisRow
+from .models import Analysis, AnalysisRow, make_engine
 
 
 class AnalysisActivities:
-    def __init__(self, engine: Engine, llm: AsyncOpenAI) -> None:
-        self.engine = engine
-        self.llm = llm
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def llm(self) -> AsyncOpenAI:
+        return AsyncOpenAI(max_retries=0)  # Temporal owns retries
+
+    @property
+    def engine(self):
+        with self._lock:  # two first saves in two threads must not both create the table
+            if "_engine" not in self.__dict__:
+                self._engine = make_engine()
+            return self._engine
 
     @activity.defn
     async def call_llm(self, prompt: str) -> str:
@@ -59,3 +71,10 @@ class AnalysisActivities:
             session.add(saved)
             session.commit()
             return saved.id
+
+
+# What the course's worker registers: the methods of one instance.
+_activities = AnalysisActivities()
+call_llm = _activities.call_llm
+parse_json = _activities.parse_json
+save_to_db = _activities.save_to_db

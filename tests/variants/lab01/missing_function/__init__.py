@@ -1,1 +1,1 @@
-"""Lab 01 self-test variant missing_function: BAD. worker.py imports an activity that activities.py does not define."""
+"""Lab 01 self-test variant missing_function: BAD. activities.py renamed save_to_db, which the course's worker imports by name."""

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-# BUG(missing_function): activities.py defines save_to_db, not save_analysis.
-from .activities import call_llm, parse_json, save_analysis
+from .activities import call_llm, parse_json, save_to_db
 from .models import TASK_QUEUE
 from .workflows import AnalyzeWorkflow
 
@@ -32,7 +31,7 @@ async def main() -> None:
             client,
             task_queue=TASK_QUEUE,
             workflows=[AnalyzeWorkflow],
-            activities=[call_llm, parse_json, save_analysis],
+            activities=[call_llm, parse_json, save_to_db],
             activity_executor=executor,  # save_to_db is a plain function
         )
         async with worker:

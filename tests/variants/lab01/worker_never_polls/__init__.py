@@ -1,1 +1,1 @@
-"""Lab 01 self-test variant worker_never_polls: BAD. worker.py blocks forever before it creates the Worker."""
+"""Lab 01 self-test variant worker_never_polls: BAD. activities.py waits at import for a file nobody creates, so the worker never polls."""

@@ -8,7 +8,6 @@ Stop it with Ctrl-C for a graceful shutdown, or kill -9 it to simulate a crash.
 import asyncio
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
@@ -27,10 +26,6 @@ async def main() -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    # BUG(worker_never_polls): waits for a "ready" file nobody creates, with a
-    # blocking sleep: the event loop never runs again, not even the signal handlers.
-    while not os.path.exists("ready"):
-        time.sleep(0.5)
     with ThreadPoolExecutor(max_workers=4) as executor:
         worker = Worker(
             client,

@@ -38,9 +38,6 @@ DECISIONS = (APPROVE, REJECT)
 # AnalyzeResult.status
 APPROVED = "approved"
 
-# BUG(global_decision): the reviewer's decision kept in the worker process, one for all runs.
-DECISION: dict = {}
-
 
 @dataclass
 class AnalyzeRequest:

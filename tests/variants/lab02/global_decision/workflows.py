@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
         AnalyzeResult,
         ApprovalStatus,
         DecisionAck,
-        DECISION,
     )
 
 RETRY = RetryPolicy(
@@ -41,8 +40,12 @@ RETRY = RetryPolicy(
 )
 TIMEOUT = timedelta(seconds=30)
 
+# BUG(global_decision): the reviewer's decision kept in the worker process, one for all runs
+# (with the sandbox off, this module is imported once per worker, not once per run).
+DECISION: dict = {}
 
-@workflow.defn
+
+@workflow.defn(sandboxed=False)  # BUG(global_decision): so that DECISION is shared by every run
 class AnalyzeWorkflow:
     def __init__(self) -> None:
         # State lives on the instance and is set up here, before any handler
@@ -90,7 +93,6 @@ class AnalyzeWorkflow:
         return AnalyzeResult(APPROVED, row_id=row_id, reviewer=self._reviewer, note=self._note)
 
     def _record(self, decision: str, reviewer: str, note: str) -> None:
-        # BUG(global_decision): the decision goes to a module-level dict, shared by every run on the worker.
         if DECISION.get("decision") is not None:
             # A signal cannot be refused, so the first decision wins and later ones are ignored.
             workflow.logger.warning(

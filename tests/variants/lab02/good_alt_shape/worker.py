@@ -1,4 +1,4 @@
-"""Run a worker for ReviewedAnalysis (registered under the name AnalyzeWorkflow) - variant alt_shape.
+"""Run a worker for AnalyzeWorkflow and its three activities.
 
     python -m lab02_approval_signal.worker        (from labs/ or solutions/)
 
@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 
 from .activities import call_llm, parse_json, save_to_db
 from .models import TASK_QUEUE
-from .workflows import ReviewedAnalysis
+from .workflows import AnalyzeWorkflow
 
 
 async def main() -> None:
@@ -31,7 +31,7 @@ async def main() -> None:
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[ReviewedAnalysis],
+            workflows=[AnalyzeWorkflow],
             activities=[call_llm, parse_json, save_to_db],
             activity_executor=executor,  # save_to_db is a plain function
         )
