@@ -15,6 +15,7 @@ the checkpointer's own list() on a fresh connection, and plain SQL on the checkp
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import re
 import sys
@@ -34,7 +35,7 @@ from labkit.services import CourseLLM
 from labkit.web import CourseWeb, WebLedger
 
 LAB = "04"
-IDLE_LIMIT_S = 20.0  # a student process that uses no CPU this long is stuck (see Watchdog)
+IDLE_LIMIT_S = 20.0  # a student process that sleeps this long, all but idle, is stuck (see Watchdog)
 CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s, forked or not)
 # A hang guard for the grader itself, never a verdict: each student process ends, or the Watchdog
 # judges it stuck by its progress, whatever the machine's speed. A plain exec at a quarter core
@@ -242,39 +243,51 @@ def read_postgres(url: str, thread: str, snap: Snapshot) -> None:
 
 class Watchdog:
     """Is a student process stuck? Judged by its progress, not by the clock: a process that is only
-    slow (a loaded or slower machine) keeps using CPU; one that waits for something that never comes
-    (an input(), a lock, a connection nobody answers) uses none. Stuck: no CPU used for IDLE_LIMIT_S
-    in a row, or CPU_LIMIT_S of CPU used in all (a loop that never ends)."""
+    slow (a loaded or slower machine) runs or waits for a CPU; one that waits for something that
+    never comes (an input(), a lock, a connection nobody answers, a loop polling for a decision that
+    no one will send) sleeps, and uses next to no CPU. Stuck: over the last IDLE_LIMIT_S it used less
+    than 5% of a CPU and was seldom runnable (a tenth of the samples); or it used CPU_LIMIT_S of CPU
+    in all (a loop that never ends). Sampled twice a second (reading /proc costs CPU too)."""
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.cpu = -1.0
-        self.progress_at = self.sampled_at = time.monotonic()
+        self.samples: collections.deque = collections.deque()  # (time, cpu seconds, runnable)
+        self.sampled_at = 0.0
         self.verdict: str | None = None
 
-    def cpu_seconds(self) -> float:
+    def sample(self) -> tuple[float, bool] | None:
         try:
             root = psutil.Process(self.pid)
-            total = 0.0
+            total, runnable = 0.0, False
             for p in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
                     times = p.cpu_times()
                     total += times.user + times.system
-            return total
+                    runnable = runnable or p.status() == psutil.STATUS_RUNNING
+            return total, runnable
         except psutil.Error:
-            return self.cpu
+            return None
 
     def stuck(self) -> str | None:
         now = time.monotonic()
-        if self.verdict or now - self.sampled_at < 0.5:  # reading /proc costs CPU too: twice a second
+        if self.verdict or now - self.sampled_at < 0.5:
             return self.verdict
-        self.sampled_at, cpu = now, self.cpu_seconds()
-        if cpu > self.cpu + 0.005:
-            self.cpu, self.progress_at = cpu, now
-        if now - self.progress_at >= IDLE_LIMIT_S:
-            self.verdict = f"used no CPU for {IDLE_LIMIT_S:.0f} s in a row: it waits for something that never comes"
-        elif self.cpu >= CPU_LIMIT_S:
-            self.verdict = f"used {self.cpu:.0f} s of CPU without finishing: a loop that never ends"
+        self.sampled_at = now
+        sample = self.sample()
+        if sample is None:
+            return None
+        cpu, runnable = sample
+        self.samples.append((now, cpu, runnable))
+        while len(self.samples) > 1 and now - self.samples[1][0] >= IDLE_LIMIT_S:
+            self.samples.popleft()  # keep one sample at least IDLE_LIMIT_S old
+        first_at, first_cpu, _ = self.samples[0]
+        window = now - first_at
+        runnable_share = sum(r for _, _, r in self.samples) / len(self.samples)
+        if window >= IDLE_LIMIT_S and cpu - first_cpu < 0.05 * window and runnable_share < 0.1:
+            self.verdict = (f"used {cpu - first_cpu:.2f} s of CPU in the last {window:.0f} s and was almost never "
+                            "runnable: it waits for something that never comes")
+        elif cpu >= CPU_LIMIT_S:
+            self.verdict = f"used {cpu:.0f} s of CPU without finishing: a loop that never ends"
         return self.verdict
 
 

@@ -73,6 +73,11 @@ VARIANTS = [
         "replay-reruns-summarize": ("The replay wrote a state update: that is how a fork starts, not a replay",
                                     "step 2 (update)", "exactly 2 new checkpoints: step 2 (fork), step 3 (loop)"),
     }),
+    Variant("polls_for_decision", changed=("graph.py",), blocked=AFTER_MAIN_RUN, fails={
+        "pauses-before-review": ("never finished", "waits for something that never comes",
+                                 "a loop that waits in the process", "interrupt_before"),
+        "edited-summary-wins": ("never finished", "waits for something that never comes"),
+    }),
     Variant("good_command_update"),
 ]
 
