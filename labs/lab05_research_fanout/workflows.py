@@ -25,9 +25,6 @@ SUMMARIZE_RETRY = RetryPolicy()
 
 SEARCH_TIMEOUT = timedelta(seconds=30)
 EXTRACT_TIMEOUT = timedelta(seconds=60)
-# The text uses 15 s; the lab uses 2 s so that a stalled download (or a dead worker) is
-# noticed in seconds and the autograder can watch it happen.
-HEARTBEAT_TIMEOUT = timedelta(seconds=2)
 SUMMARIZE_TIMEOUT = timedelta(seconds=120)
 
 
@@ -47,8 +44,9 @@ class ResearchWorkflow:
 
         # TODO(lab05): extract every page with extract_content, in parallel, at most
         # request.max_parallel at a time (asyncio.Semaphore), each with
-        # start_to_close_timeout=EXTRACT_TIMEOUT, heartbeat_timeout=HEARTBEAT_TIMEOUT and
-        # retry_policy=EXTRACT_RETRY. The text's `for url in urls: await ...` is sequential:
+        # start_to_close_timeout=EXTRACT_TIMEOUT,
+        # heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s) (the caller chooses it:
+        # the autograder picks one for the machine it runs on) and retry_policy=EXTRACT_RETRY. The text's `for url in urls: await ...` is sequential:
         # start them all, then asyncio.gather. A page that runs out of attempts raises
         # ActivityError: leave it out and say so in the result's reason.
         raise NotImplementedError("TODO(lab05): extract the pages in parallel")

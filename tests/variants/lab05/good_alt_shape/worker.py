@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from .activities import extract_content, llm_summarize, search_web
 from .models import TASK_QUEUE
-from .workflows import BatchedResearch as ResearchWorkflow
+from .workflows import ResearchWorkflow
 
 
 async def main() -> None:

@@ -33,7 +33,8 @@ class BatchedResearch:
         for first in range(0, len(urls), size):
             batch = [(url, workflow.start_activity(
                 extract_content, url, start_to_close_timeout=timedelta(seconds=60),
-                heartbeat_timeout=timedelta(seconds=2), retry_policy=RetryPolicy(maximum_attempts=2)))
+                heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout_s),
+                retry_policy=RetryPolicy(maximum_attempts=2)))
                 for url in urls[first:first + size]]
             for url, handle in batch:
                 try:
@@ -52,3 +53,7 @@ class BatchedResearch:
             retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2),
                                      backoff_coefficient=2.0))
         return ResearchResult(summary.text, [url for url, _ in pages[:n]], summary.cost_usd, bool(why), "; ".join(why))
+
+
+# The course's worker registers `ResearchWorkflow`: the same class under the name it imports.
+ResearchWorkflow = BatchedResearch

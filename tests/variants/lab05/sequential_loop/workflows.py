@@ -24,9 +24,6 @@ SUMMARIZE_RETRY = RetryPolicy(maximum_attempts=5, backoff_coefficient=2.0, initi
 
 SEARCH_TIMEOUT = timedelta(seconds=30)
 EXTRACT_TIMEOUT = timedelta(seconds=60)
-# The text uses 15 s; the lab uses 2 s so that a stalled download (or a dead worker) is
-# noticed in seconds and the autograder can watch it happen.
-HEARTBEAT_TIMEOUT = timedelta(seconds=2)
 SUMMARIZE_TIMEOUT = timedelta(seconds=120)
 
 
@@ -47,6 +44,9 @@ class ResearchWorkflow:
         # Fan out: every page's activity is started before any is awaited, at most
         # max_parallel at a time; fan in with gather. Wall time ~ the slowest page.
         slots = asyncio.Semaphore(max(1, request.max_parallel))
+        # The caller chooses the heartbeat timeout (the text's 15 s in production; the autograder
+        # picks one for the machine it runs on).
+        heartbeat_timeout = timedelta(seconds=request.heartbeat_timeout_s)
 
         async def extract(url: str) -> str | None:
             async with slots:
@@ -55,7 +55,7 @@ class ResearchWorkflow:
                         extract_content,
                         url,
                         start_to_close_timeout=EXTRACT_TIMEOUT,
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        heartbeat_timeout=heartbeat_timeout,
                         retry_policy=EXTRACT_RETRY,
                     )
                 except ActivityError as err:  # out of attempts: do without this page

@@ -20,6 +20,7 @@ async def main() -> None:
     parser.add_argument("--max-sources", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.0, help="US dollars")
     parser.add_argument("--max-parallel", type=int, default=3)
+    parser.add_argument("--heartbeat-timeout", type=float, default=5.0, help="seconds")
     args = parser.parse_args()
     client = await Client.connect(
         os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
@@ -27,7 +28,8 @@ async def main() -> None:
     )
     workflow_id = f"research-{uuid.uuid4().hex[:8]}"
     request = ResearchRequest(topic=" ".join(args.topic), max_sources=args.max_sources,
-                              budget_usd=args.budget, max_parallel=args.max_parallel)
+                              budget_usd=args.budget, max_parallel=args.max_parallel,
+                              heartbeat_timeout_s=args.heartbeat_timeout)
     handle = await client.start_workflow(ResearchWorkflow.run, request, id=workflow_id, task_queue=TASK_QUEUE)
     ui = os.environ.get("TEMPORAL_UI_URL", "http://localhost:8233")
     print(f"started {workflow_id}: {ui}/namespaces/default/workflows/{workflow_id}")
