@@ -18,8 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from selftest import tail_of
 
 REPO = Path(__file__).resolve().parent.parent
+# A one-check course whose check reads a file: seconds here; a `lab` command still running after
+# HANG_LIMIT_S is stuck (and shown), never "too slow". A test makes several such commands.
+HANG_LIMIT_S = 300
+pytestmark = pytest.mark.timeout(4 * HANG_LIMIT_S)
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 SLUG = "lab01_demo"
 STARTER = '"""Lab 01 (demo): the answer."""\n\n# TODO(lab01): set the answer\nANSWER = None\n'
@@ -89,11 +94,17 @@ def clone(tmp_path) -> Path:
     return root
 
 
-def lab(root: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+def lab(root: Path, *args: str, timeout: float = HANG_LIMIT_S) -> subprocess.CompletedProcess:
+    """`lab ARGS` in the clone; one that is still running after its hang limit fails with its output."""
     env = {**os.environ, "LAB_STATE_DIR": str(root.parent / "state"), "PYTHONUNBUFFERED": "1"}
     env.pop("LAB_PATH", None)
-    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, "-m", "labkit.cli", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as hung:
+        output = hung.output.decode(errors="replace") if isinstance(hung.output, bytes) else hung.output or ""
+        pytest.fail(f"hung: `lab {' '.join(args)}` was still running after {timeout:.0f} s; what it printed "
+                    f"last:\n{tail_of(output)}", pytrace=False)
 
 
 def answer(root: Path) -> Path:
@@ -210,13 +221,20 @@ def test_watch_checks_again_when_a_file_is_saved(clone, mode):
     reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 60
-        while not any("waiting for a change" in line for line in lines) and time.monotonic() < deadline:
+        deadline = time.monotonic() + HANG_LIMIT_S  # a wait for the state (the watcher armed), not a budget
+        while not any("waiting for a change" in line for line in lines):
             assert child.poll() is None, "".join(lines)
+            if time.monotonic() > deadline:
+                pytest.fail("hung: `lab watch` never said 'waiting for a change'; it printed:\n" + "".join(lines),
+                            pytrace=False)
             time.sleep(0.1)
         assert any("0/1 checks passed" in line for line in lines), "".join(lines)
         answer(clone).write_text(SOLVED)  # the student saves
-        child.wait(60)
+        try:
+            child.wait(HANG_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail("hung: `lab watch` did not check again after the save; it printed:\n" + "".join(lines),
+                        pytrace=False)
     finally:
         if child.poll() is None:
             child.kill()
