@@ -739,6 +739,10 @@ def lab06_forks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scenario(lab_target, lab06_forks, sink, services, tmp_path_factory) -> Scenario:
+    # The servers were launched together; wait for each as long as this machine needs (at a quarter
+    # of a core the course LLM and the sink take longer than their default 20 s to import and start).
+    services.course_llm.wait_ready(timeout=HANG_S)
+    sink.wait_ready(timeout=HANG_S)
     key = uuid.uuid4().hex[:8]
     harness = Lab06Harness(lab_target, services, sink, tmp_path_factory.mktemp("lab06-run"), key, lab06_forks)
     cleanup_question = f"{CLEANUP_TAG} Delete the North region's rows from sales, then tell the team."
