@@ -133,7 +133,7 @@ class _Databases:
     def url(self, database: str = "postgres") -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def wait_ready(self, timeout: float = 30):  # pragma: no cover - overridden
+    def wait_ready(self, timeout: float = proc.START_HANG_S):  # pragma: no cover - overridden
         raise NotImplementedError
 
     def create_database(self, name: str) -> str:
@@ -168,13 +168,13 @@ class ExistingPostgres(_Databases):
     def url(self, database: str | None = None) -> str:
         return with_database(self.database_url, database) if database else self.database_url
 
-    def start(self, timeout: float = 30) -> ExistingPostgres:
+    def start(self, timeout: float = proc.START_HANG_S) -> ExistingPostgres:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> ExistingPostgres:
         return self
 
-    def wait_ready(self, timeout: float = 30) -> ExistingPostgres:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> ExistingPostgres:
         import psycopg
 
         if self.ready:
@@ -232,7 +232,7 @@ class PostgresServer(_Databases):
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{ROLE}@{HOST}:{self.port}/{database}"
 
-    def start(self, timeout: float = 30) -> PostgresServer:
+    def start(self, timeout: float = proc.START_HANG_S) -> PostgresServer:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> PostgresServer:
@@ -264,7 +264,7 @@ class PostgresServer(_Databases):
                 argv += ["-c", f"{key}={value}"]
         return argv
 
-    def wait_ready(self, timeout: float = 30) -> PostgresServer:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> PostgresServer:
         """Wait until the server accepts connections (returns at once when it already does)."""
         if self.ready:
             return self
@@ -304,7 +304,7 @@ class PostgresServer(_Databases):
             self.process = None
         self.ready = False
 
-    def restart(self, timeout: float = 30) -> PostgresServer:
+    def restart(self, timeout: float = proc.START_HANG_S) -> PostgresServer:
         """`pg_ctl restart` in fast mode: halt(), then start again on the same port with the same data.
         Clients holding a connection lose it; new connections work once this returns."""
         self.wait_ready(timeout)
@@ -407,7 +407,7 @@ def status(state_dir: Path = UP_STATE, port: int = UP_PORT) -> str | None:
     return None
 
 
-def up(state_dir: Path = UP_STATE, port: int = UP_PORT, timeout: float = 30) -> str:
+def up(state_dir: Path = UP_STATE, port: int = UP_PORT, timeout: float = proc.START_HANG_S) -> str:
     """Start (or find running) the detached `lab up` server; data kept in state_dir/data. Returns its URL."""
     running = status(state_dir, port)
     if running:

@@ -242,7 +242,7 @@ class ForkServer:
                                   name="prefork", log_path=self.workdir / "prefork.log", env=env)
         return self
 
-    def wait_ready(self, timeout: float = 30) -> ForkServer:
+    def wait_ready(self, timeout: float = float(os.environ.get("LAB_START_HANG_S", "300"))) -> ForkServer:
         import time
 
         deadline = time.monotonic() + timeout

@@ -27,6 +27,11 @@ from . import limits
 
 _live: dict[int, "ManagedProcess"] = {}
 
+# How long a server may take to answer after it starts before we call it hung: a hang guard, not a
+# speed target (a server answers in about a second here, many at a quarter of a core under load;
+# each wait returns the moment it answers, and one that exits at start is reported at once).
+START_HANG_S = float(os.environ.get("LAB_START_HANG_S", "300"))
+
 
 def _own_group() -> None:  # runs in the child between fork and exec
     os.setsid()  # own process group: one signal reaches the whole tree

@@ -187,7 +187,9 @@ def pytest_runtest_makereport(item, call):
         report.lab_blocked = isinstance(failure, NotChecked)
     elif call.excinfo is not None and "Timeout" in call.excinfo.exconly() and \
             call.excinfo.errisinstance(pytest.fail.Exception):
-        report.lab_message = (f"The check ran past its time limit ({item.config.getini('timeout')} s) and was "
+        marker = item.get_closest_marker("timeout")  # a module's own hang guard, else the ini's
+        limit = marker.args[0] if marker and marker.args else item.config.getini("timeout")
+        report.lab_message = (f"The check ran past its time limit ({limit} s) and was "
                               "stopped; every process it started was stopped too. Something in the run "
                               "never finished: run `lab check` with --verbose to see where it waited.")
         report.longrepr = report.lab_message

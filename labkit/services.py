@@ -114,7 +114,7 @@ class TemporalServer:
             argv += ["--db-filename", str(self.db_file)]
         return argv
 
-    def start(self, timeout: float = 30) -> TemporalServer:
+    def start(self, timeout: float = proc.START_HANG_S) -> TemporalServer:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> TemporalServer:
@@ -128,7 +128,7 @@ class TemporalServer:
             raise ServiceError(f"cannot run the Temporal dev server {argv[0]}: {exc.strerror or exc}") from exc
         return self
 
-    def wait_ready(self, timeout: float = 30) -> TemporalServer:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> TemporalServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.process.alive:
@@ -149,7 +149,7 @@ class TemporalServer:
             else:
                 self.process.stop(grace=10)
 
-    def restart(self, timeout: float = 30) -> TemporalServer:
+    def restart(self, timeout: float = proc.START_HANG_S) -> TemporalServer:
         """Stop the server and start it again on the same ports (what an operator's restart does).
 
         With a db_file the new server carries on every workflow, timer and task; in memory it
@@ -207,7 +207,7 @@ class CourseLLM:
             return ServerLedger(f"http://{HOST}:{self.port}", self.admin_headers())
         return Ledger(self.ledger_dir)
 
-    def start(self, timeout: float = 20) -> CourseLLM:
+    def start(self, timeout: float = proc.START_HANG_S) -> CourseLLM:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> CourseLLM:
@@ -224,7 +224,7 @@ class CourseLLM:
                                   detached=self.detached)
         return self
 
-    def wait_ready(self, timeout: float = 20) -> CourseLLM:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> CourseLLM:
         if self.ready:
             return self
         deadline = time.monotonic() + timeout
@@ -262,7 +262,7 @@ class CourseLLM:
             self.process.stop()
         self.ready = False  # a later start() must wait for the new process, not trust the old one
 
-    def restart(self, timeout: float = 20) -> CourseLLM:
+    def restart(self, timeout: float = proc.START_HANG_S) -> CourseLLM:
         """Stop the server and start it again on the same port, with the same ledger file (which
         the new process loads), admin token and rules, the pushed ones included."""
         self.stop()

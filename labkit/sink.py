@@ -380,7 +380,7 @@ class NotificationSink:
     def store(self) -> SinkStore:
         return SinkStore(self.store_dir)
 
-    def start(self, timeout: float = 20) -> NotificationSink:
+    def start(self, timeout: float = proc.START_HANG_S) -> NotificationSink:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> NotificationSink:
@@ -393,7 +393,7 @@ class NotificationSink:
                                   env=env, detached=self.detached)
         return self
 
-    def wait_ready(self, timeout: float = 20) -> NotificationSink:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> NotificationSink:
         from .services import ServiceError
 
         if self.ready:

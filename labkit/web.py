@@ -556,7 +556,7 @@ class CourseWeb:
             argv += ["--corpus", str(corpus)]
         return argv
 
-    def start(self, timeout: float = 20) -> CourseWeb:
+    def start(self, timeout: float = proc.START_HANG_S) -> CourseWeb:
         return self.launch().wait_ready(timeout)
 
     def launch(self) -> CourseWeb:
@@ -567,7 +567,7 @@ class CourseWeb:
                                   env=env, detached=self.detached)
         return self
 
-    def wait_ready(self, timeout: float = 20) -> CourseWeb:
+    def wait_ready(self, timeout: float = proc.START_HANG_S) -> CourseWeb:
         if self.ready:
             return self
         deadline = time.monotonic() + timeout
