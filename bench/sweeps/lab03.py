@@ -207,7 +207,10 @@ class Sweep:
 
     async def logical_calls(self) -> list[LogicalCall]:
         calls = self._calls()
-        self.strays = [e for entries in calls.values() for e in entries if node_of(e.prompt) not in NODES]
+        # A call from no node, or sent while another node ran than the one it is tagged with (the
+        # request's origin, labkit.attribution; None when it carried none), belongs to no logical call.
+        self.strays = [e for entries in calls.values() for e in entries if node_of(e.prompt) not in NODES
+                       or (getattr(e, "origin", None) is not None and e.origin.get("node") != node_of(e.prompt))]
         return [LogicalCall(key=f"{thread}/{node}", subject=thread,
                             successor=f"{thread}/{NODES[n + 1]}" if n + 1 < len(NODES) else None,
                             entries=[(e.at, e.status) for e in entries if node_of(e.prompt) == node])
@@ -233,9 +236,10 @@ class Sweep:
                                        f"checkpoint steps {sorted(steps[thread])}",
                                        f"steps {FINISHED_STEPS}: one each (N+2 = 5 for 3 nodes)"))
         if self.strays:
-            found.append(Violation(trial, "course LLM", "LLM calls from no node",
-                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r}",
-                                   "every request tagged [lab03 node=...]"))
+            found.append(Violation(trial, "course LLM", "LLM calls from no node or another node",
+                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r} sent by "
+                                   f"{(getattr(self.strays[0], 'origin', None) or {}).get('node')!r}",
+                                   "every request tagged [lab03 node=N] and sent while node N ran"))
         return found
 
     def _reports(self) -> dict[str, str]:
