@@ -150,16 +150,18 @@ def hang_limit(*asked: float | None) -> float:
 
 def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, solution: bool = False,
               env: Mapping[str, str] | None = None, hang_limit_s: float | None = None,
-              budget_s: float | None = None) -> CheckRun:
+              budget_s: float | None = None, prefix: Iterable[str] = ()) -> CheckRun:
     """Run `lab`'s check on `lab_path` (default: the starter, labs/<slug>; or the solution) as
     `lab check` does, and assert the run is sound: it finished (a run still going after its hang
     limit is killed with its process group, and the failure shows what it printed last), left
     nothing running, wrote its report with exactly course.toml's checks in order, exited 0 or 1,
     no internal error. How long it took is not asserted (bench/ measures speed).
     `hang_limit_s` (or its old name `budget_s`): raises the hang limit above HANG_LIMIT_S.
-    `env`: extra environment for the run. The verdicts are for the caller to assert."""
+    `env`: extra environment for the run; `prefix`: a command the run is started under (say
+    /work/shared/tools/slow-machine 0.25, as bench/slow_machine.py does). The verdicts are for the
+    caller to assert."""
     report, basetemp = tmp_path / "report.json", tmp_path / "basetemp"
-    argv = [sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
+    argv = [*prefix, sys.executable, "-m", "pytest", str(lab.check_path), "-q", "-p", "no:cacheprovider",
             f"--basetemp={basetemp}", f"--lab-report={report}"]
     if solution:
         argv.append("--solution")
