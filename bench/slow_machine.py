@@ -12,7 +12,7 @@ CPU time for the run and everything it starts; needs root). The expected verdict
 its row in tests/test_labNN_selftest.py (VARIANTS: the checks that fail with their message
 fragments, the checks "not checked"); the solution's is every check passing. `--cpus full` runs
 without a limit. Runs go one at a time (--jobs N runs N at once, each in its own cgroup; the
-machine's real cores are then shared). The whole table is long (7 labs' worth of runs per CPU
+machine's real cores are then shared). The whole table is long (73 runs per CPU
 setting, several minutes each at a quarter core): run it on a quiet machine.
 
 Prints, per lab and CPU setting: verdicts as expected (n/n), median and max time of a run; then
