@@ -331,13 +331,13 @@ def is_write(sql: str, pristine: Path, scratch: Path) -> bool:
     return snapshot(copy) != before
 
 
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")  # 35337.61, 35,337.61
 
 
 def rows_missing(output: str, rows: list[tuple]) -> list[str]:
     """The values of `rows` the output does not show, in the rows' order: each text value as text,
     each number as a number (to the cent). Any shape of output passes that shows them all."""
-    numbers = [float(n) for n in NUMBER.findall(output)]
+    numbers = [float(n.replace(",", "")) for n in NUMBER.findall(output)]
     missing, position = [], 0
     for row in rows:
         for value in row:
