@@ -75,9 +75,10 @@ START_TO_CLOSE_S = 60.0  # the text's extract_content timeout: what a hang would
 # The heartbeat timeout the check asks for: HEARTBEAT_PER_STARTUP x the slower worker's start (from its
 # launch to its first poll: imports, connecting, CPU), within [HEARTBEAT_MIN_S, HEARTBEAT_MAX_S]. The SDK
 # sends heartbeats every 0.5 s (the course's worker.py), so a timeout of 3 s or more leaves a healthy
-# download 2.5 s of lateness; on a machine that started the workers slowly it is longer. Measured:
-# bench/README.md (Lab 05 calibration).
-HEARTBEAT_MIN_S, HEARTBEAT_MAX_S, HEARTBEAT_PER_STARTUP = 3.0, 15.0, 4.0
+# download 2.5 s of lateness; on a machine that started the workers slowly it is longer. At most 10 s, so that
+# the crash run (a kill, then the heartbeat timeout before the cut-off pages are retried) ends well inside
+# FINISH_S. Measured: /work/team/notes/lab05.md (startup 0.6-0.9 s idle, 3-5 s at a quarter core).
+HEARTBEAT_MIN_S, HEARTBEAT_MAX_S, HEARTBEAT_PER_STARTUP = 3.0, 10.0, 4.0
 
 # The scripted web (ms per page, in the search's rank order). "hold": trickles until released.
 HOLD_CHUNK_MS = 200  # a held page sends a byte every 0.2 s: progress, for as long as it is held
@@ -1025,8 +1026,8 @@ def test_slow_page_keeps_heartbeating(scenario, evidence):
             expected=f"completed on attempt 1: a byte arrived every {HOLD_CHUNK_MS / 1000:g} s, and each one is "
                      f"progress worth a heartbeat (heartbeat_timeout {s.heartbeat_s:g} s)",
             revisit=REVISIT_HEARTBEAT)
-    cut = [a for a in run.attempts if a.outcome not in ("completed", None)
-           and slug_of_attempt(run, a) not in ("",)]
+    evidence["attempts"] = len(run.attempts)
+    cut = [a for a in run.attempts if a.outcome not in ("completed", None)]
     if cut:
         raise CheckFailed(
             "An attempt of the fanout run's pages ended early although every page answered",
@@ -1248,7 +1249,8 @@ def test_crash_mid_fan_out_resumes(scenario, evidence):
     run = s.crash
     if s.kill is None:
         raise run.failure or NotChecked("not checked: the worker was never killed")
-    evidence.update(killed_pid=s.kill.pid, restarts=1, extracted_before=len(s.kill.extracted))
+    evidence.update(killed_pid=s.kill.pid, restarts=1, extracted_before=len(s.kill.extracted),
+                    run_took=f"{(run.finished_at or 0) - run.started_at:.1f}s" if run.finished_at else "-")
     if s.kill.returncode != -9:
         raise CheckFailed("The worker was not killed by SIGKILL", observed=f"exit status {s.kill.returncode}",
                           expected="-9 (SIGKILL)")

@@ -52,6 +52,10 @@ PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "tem
 TOPICS = ["quantum error correction", "durable execution", "urban heat islands", "sourdough bread"]
 MAX_SOURCES, MAX_PARALLEL = 4, 3
 EXTRACT_ATTEMPTS = 2  # the lab's EXTRACT_RETRY (the check holds the solution to it)
+# extract_content's heartbeat timeout, which the request chooses (ResearchRequest.heartbeat_timeout_s). Not the
+# check's 3 s: a sweep's invariant (each page fetched once unless a kill caught it) must not meet a page timed out
+# by load alone, and the sweep fails a dead worker's attempts itself (release_dead_worker), so it costs no time.
+HEARTBEAT_S = 5.0
 
 
 class Sweep(WorkerScenario):
@@ -126,7 +130,8 @@ class Sweep(WorkerScenario):
             if n:
                 await asyncio.sleep(self.start_gap_s)
             await self.gate.wait()
-            request = {"topic": topic, "max_sources": MAX_SOURCES, "budget_usd": 2.0, "max_parallel": MAX_PARALLEL}
+            request = {"topic": topic, "max_sources": MAX_SOURCES, "budget_usd": 2.0, "max_parallel": MAX_PARALLEL,
+                       "heartbeat_timeout_s": HEARTBEAT_S}
             self.handles[workflow_id] = await self.client.start_workflow(
                 "ResearchWorkflow", request, id=workflow_id, task_queue=self.harness.task_queue,
                 task_timeout=WORKFLOW_TASK_TIMEOUT)
