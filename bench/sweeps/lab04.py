@@ -293,7 +293,9 @@ class Sweep:
 
     async def logical_calls(self) -> list[LogicalCall]:
         calls = self._calls()
-        self.strays = [e for entries in calls.values() for e in entries if NODE_TAG not in e.prompt]
+        # summarize's call, tagged and sent while summarize ran (the request's origin; None: it carried none)
+        self.strays = [e for entries in calls.values() for e in entries if NODE_TAG not in e.prompt
+                       or (getattr(e, "origin", None) is not None and e.origin.get("node") != "summarize")]
         return [LogicalCall(key=f"{thread}/summarize", subject=thread, successor=None,
                             entries=[(e.at, e.status) for e in entries if NODE_TAG in e.prompt])
                 for thread, entries in calls.items()]
@@ -346,9 +348,10 @@ class Sweep:
             updates = sum(source == "update" for _, source, _ in checkpoints[thread])
             self.counts["edits written twice"] += max(0, updates - (1 if edit and pause == "before" else 0))
         if self.strays:
-            found.append(Violation(trial, "course LLM", "LLM calls from no node",
-                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r}",
-                                   f"every request tagged {NODE_TAG}"))
+            found.append(Violation(trial, "course LLM", "LLM calls from no node or another node",
+                                   f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r} sent by "
+                                   f"{(getattr(self.strays[0], 'origin', None) or {}).get('node')!r}",
+                                   f"every request tagged {NODE_TAG} and sent while summarize ran"))
         return found
 
     def _llm_summary(self) -> str:
