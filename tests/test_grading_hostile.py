@@ -29,7 +29,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -42,13 +41,18 @@ from labkit import course as course_mod
 from labkit import limits
 from labkit.pristine import Snapshot
 from labkit.services import free_port
-from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_with, failed_checks, leftovers
+from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_with, failed_checks, leftovers, run_grade
 
-pytestmark = pytest.mark.timeout(300)
+# Hang limits, not speed targets (the big class grades in 1-2 min here, several at a quarter core).
+# The grader's per-run time limit is the backstop for a run that hangs: far above what a correct run
+# needs on a slow machine, so that every hostile case gets its own verdict (its mechanism trips:
+# the 20 s import guard, the memory limit, the sandbox), never the limit, on any machine.
+TIME_LIMIT_S = 300
+GRADE_HANG_LIMIT_S = 1500  # a whole `lab grade` of one class
+pytestmark = pytest.mark.timeout(GRADE_HANG_LIMIT_S + 120)
 
 HOSTILE = REPO / "tests" / "hostile"
 COURSE_PARTS = ("checks", "labkit", "labs", "solutions", "course.toml", "pyproject.toml")
-TIME_LIMIT_S = 120
 HOG_LIMIT_MB = 512
 
 
@@ -93,8 +97,8 @@ def grade_from(course: Path, submissions: Path, out: Path, *args: str, env: dict
     run_env = {k: v for k, v in os.environ.items() if k not in ("LAB_PATH", "TEMPORAL_ADDRESS", "PYTHONPATH")}
     run_env.update({MARKER_ENV: marker, "LAB_STATE_DIR": str(out.parent / "state"), **env})
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "labkit.cli", "grade", str(submissions), "--out", str(out), *args],
-                          cwd=course, env=run_env, capture_output=True, text=True, timeout=280)
+    done = run_grade([sys.executable, "-m", "labkit.cli", "grade", str(submissions), "--out", str(out), *args],
+                     cwd=course, env=run_env, timeout=GRADE_HANG_LIMIT_S)
     graded = Graded(out, done.stdout + done.stderr, done.returncode, time.monotonic() - started)
     assert not leftovers(marker), f"processes left behind: {leftovers(marker)}\n{graded.describe()}"
     return graded
@@ -142,7 +146,6 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
     reason = {name: row["failed_checks"] for name, row in rows.items()}
     for name, row in rows.items():  # a verdict of their own, never the time limit
         assert "time limit" not in row["failed_checks"], graded.describe()
-        assert graded.gradescope(name)["execution_time"] < TIME_LIMIT_S, name
 
     # grading of the others went on: the correct submission, and the one that never gets imported
     # into the grading pytest process (it notes every process that imported it)
