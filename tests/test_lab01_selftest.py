@@ -35,9 +35,11 @@ VARIANTS = [
         "llm-called-once": ("The LLM was called from parse_json attempt 1, not from call_llm, in run A",
                             "cached on disk"),
     }),
+    # parse_json's second opinion replaces the LLM's analysis: the row saved is not the one it gave
     Variant("llm_reask_in_parse_json", changed=("activities.py",), fails={
         "llm-called-once": ("The LLM was called 4 more time(s) with a prompt that is neither run's text",
                             "Return only the JSON object", "from parse_json attempt"),
+        "one-row-saved": ("Run A's saved row does not hold the analysis the LLM gave it",),
     }),
     # Issue 14 class 8: the openai client's own retries hide the LLM's 500 from Temporal
     Variant("client_retries", changed=("activities.py",), fails={

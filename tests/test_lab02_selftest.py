@@ -37,6 +37,8 @@ VARIANTS = [
     Variant("decision_applied_twice", changed=("workflows.py",), fails={
         "reject-keeps-reason": ("The rejected run did not end rejected", "'reviewer': 'dave-"),
         "validator-refuses": ("The validator did not refuse an unknown decision", "-> accepted"),
+        # the unknown decision it let through decided the run: the status moved on to saving
+        "status-query": ("The status changed after a decision the validator should have refused",),
     }),
     # No timer at all: the expire run is idle with nothing due, a state seen at once (no wall-clock slack).
     Variant("no_timeout", changed=("workflows.py",), fails={
