@@ -8,8 +8,9 @@ API, scripted tool calls) and the notification sink (a stand-in chat service):
       cleanup, cleanup-again  the same question twice (two users asked it), so the two runs share
                every activity number and every message. The script counts the North rows, then
                tries every kind of write (DELETE, UPDATE, INSERT, CREATE ... AS, a writable PRAGMA,
-               ATTACH, two statements in one, and PRAGMA query_only = OFF first), raises the same
-               #security alert twice (two real alerts with one text), notifies #data-team, answers;
+               ATTACH, two statements in one, WITH ... DELETE, and PRAGMA query_only = OFF first),
+               raises the same #security alert twice (two real alerts with one text), notifies
+               #data-team, answers;
       revenue  query_database (a Q3 SELECT), send_notification to #sales, then the answer;
   When both cleanups have finished and the sink has recorded revenue's notification, the sink
     SIGKILLs the worker before it answers (the side effect happened, the activity never
@@ -1039,7 +1040,8 @@ class Collision:
     def describe(self, scenario: Scenario) -> str:
         runs = {run.workflow_id: run.key for run in scenario.runs}
         if self.taken_by is None:
-            return f"the {self.run.key} run's {self.post.channel} notification sent the key {self.post.key!r}, used before"
+            return (f"the {self.run.key} run's {self.post.channel} notification sent the key {self.post.key!r}, "
+                    "used before")
         return (f"the {self.run.key} run's {self.post.channel} notification (activity {self.send[1]}) sent the key "
                 f"{self.post.key!r}, already used by the {runs.get(self.other[0], '?')} run's "
                 f"{self.taken_by.channel} notification (activity {self.other[1]})"
@@ -1131,7 +1133,8 @@ def test_each_notification_has_its_own_key(scenario, evidence):
 @pytest.mark.check("write-refused")
 def test_writes_are_refused_and_nothing_changes(scenario, evidence):
     """Given the cleanup script: DELETE, UPDATE, INSERT, CREATE TABLE ... AS, PRAGMA user_version = 7,
-    ATTACH, a SELECT with a DELETE after it, DROP TABLE, and PRAGMA query_only = OFF before them,
+    ATTACH, a SELECT with a DELETE after it, WITH ... DELETE, DROP TABLE, and PRAGMA query_only = OFF
+    before them,
     Then the dataset file is unchanged (schema, rows, header, no new file), and query_database sent
     the model a refusal for every statement that writes."""
     scenario.require()
@@ -1141,8 +1144,10 @@ def test_writes_are_refused_and_nothing_changes(scenario, evidence):
         new_files = sorted(set(scenario.files_after) - set(scenario.files_before))
         refused = sorted({o.argument("sql") for _, o in outputs if o.output.strip().lower().startswith("refused")
                           and o.argument("sql") in scenario.writes})
-        ran = sorted({o.argument("sql") for _, o in outputs if not o.output.strip().lower().startswith("refused")
-                      and (o.argument("sql") in scenario.writes or str(o.argument("sql")).upper().startswith("ATTACH"))})
+        ran = sorted({o.argument("sql") for _, o in outputs
+                      if not o.output.strip().lower().startswith("refused")
+                      and (o.argument("sql") in scenario.writes
+                           or str(o.argument("sql")).upper().startswith("ATTACH"))})
         plain = [sql for sql in ran if sql.split()[0].upper() in ("DELETE", "UPDATE", "INSERT", "DROP")]
         if ran and not plain:  # the obvious writes refused, the others run: a guard that reads words
             idea = (f"Your guard refused the obvious writes and let {len(ran)} other(s) through: it judges the "

@@ -65,7 +65,11 @@ def send_slots(attempts, workflow_id: str) -> dict[str, str]:
             per_channel.setdefault(attempt.channel, set()).add(attempt.key)
     slots = {}
     for channel, keys in per_channel.items():
-        ordered = sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
+        def number(key: str) -> int:
+            tail = key.rsplit("/", 1)[1]
+            return int(tail) if tail.isdigit() else 0
+
+        ordered = sorted(keys, key=number)
         slots.update({key: f"sink:{workflow_id}/{channel}#{k}" for k, key in enumerate(ordered)})
     return slots
 
