@@ -911,6 +911,8 @@ def test_the_worker_died_after_the_send_before_completion(scenario, evidence):
                           observed=f"delivery recorded at {held.at:.3f}, answered: {held.answered_at}; "
                                    f"send attempts cut short on the killed worker: {len(cut_short)}",
                           expected="the delivery recorded, its answer held, the attempt cut short by the kill")
+    if cut_short:  # from the attempt's start in the worker to the post at the chat service
+        evidence["post_after"] = f"{held.at - cut_short[0].started:.2f}s"
     send = next((r for r in revenue.activities() if r.name == "send_notification"), None)
     if send is None or send.outcome != "completed" or send.attempt < 2:
         raise CheckFailed(
