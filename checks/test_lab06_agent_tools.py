@@ -67,11 +67,10 @@ REVENUE_RULE, CLEANUP_RULE = "lab06-q3-revenue", "lab06-cleanup"
 REVENUE_TAG, CLEANUP_TAG = "[lab06 ask=q3-revenue]", "[lab06 ask=cleanup]"
 HELD_CHANNEL = "#sales"  # revenue's notification: the one the crash lands on
 DATASET_SEED = 64  # dataset.py's default: the check never uses it
-SCRATCH_FILE = "lab06_scratch.sqlite"  # what the script's ATTACH would create in the worker's directory
 # send_notification's start_to_close_timeout, as the README asks: long enough that the post always
 # reaches the chat service before it runs out (at a quarter of a core, too), short enough that the
 # retry after the crash comes soon.
-SEND_TIMEOUT_S = (3.0, 30.0)
+SEND_TIMEOUT_S = (2.0, 30.0)
 # A hang guard, never a verdict: a run still waiting after this long is stuck. Every wait below ends
 # as soon as the state it waits for is there (a poller, a delivery, a closed workflow).
 HANG_S = 300.0
@@ -317,8 +316,10 @@ def describe_change(before: dict, after: dict, new_files: list[str]) -> str:
 
 def is_write(sql: str, pristine: Path, scratch: Path) -> bool:
     """Whether the statement changes a read-write copy of the dataset (run whole, as executescript
-    would). ATTACH is not run here (its relative path would land in the check's own directory):
-    it writes nothing by itself, and the scenario checks that it created no file."""
+    would). ATTACH is not run here (its relative path would land in the check's own directory): it
+    changes no dataset by itself. (Even on a `?mode=ro` connection SQLite opens, and creates, an
+    attached file read-write: the file appears in the worker's directory, so only the dataset's own
+    directory is compared.)"""
     if sql.lstrip().upper().startswith("ATTACH"):
         return False
     copy = scratch / f"copy-{uuid.uuid4().hex[:6]}.sqlite"
@@ -704,8 +705,6 @@ async def run_scenario(harness: Lab06Harness, scenario: Scenario) -> None:
     scenario.activity_attempts = harness.attempts()
     scenario.db_after = snapshot(harness.db_path)
     scenario.files_after = sorted(p.name for p in harness.db_path.parent.iterdir())
-    if any(harness.workdir.rglob(SCRATCH_FILE)):  # in a worker's working directory
-        scenario.files_after.append(SCRATCH_FILE)
     # What the scripts' reads find now, by the check's own read-only queries. The same as before the
     # runs, unless a write got through (write-refused reports that, and query-reads-database waits).
     reads = [tool_calls_of(revenue.rule, "query_database")[0]["sql"]] + [
@@ -1137,7 +1136,7 @@ def test_writes_are_refused_and_nothing_changes(scenario, evidence):
     """Given the cleanup script: DELETE, UPDATE, INSERT, CREATE TABLE ... AS, PRAGMA user_version = 7,
     ATTACH, a SELECT with a DELETE after it, WITH ... DELETE, DROP TABLE, and PRAGMA query_only = OFF
     before them,
-    Then the dataset file is unchanged (schema, rows, header, no new file), and query_database sent
+    Then the dataset file is unchanged (schema, rows, header, no new file beside it), and query_database sent
     the model a refusal for every statement that writes."""
     scenario.require()
     evidence["db_unchanged"] = not scenario.db_changed
@@ -1147,9 +1146,7 @@ def test_writes_are_refused_and_nothing_changes(scenario, evidence):
         refused = sorted({o.argument("sql") for _, o in outputs if o.output.strip().lower().startswith("refused")
                           and o.argument("sql") in scenario.writes})
         ran = sorted({o.argument("sql") for _, o in outputs
-                      if not o.output.strip().lower().startswith("refused")
-                      and (o.argument("sql") in scenario.writes
-                           or str(o.argument("sql")).upper().startswith("ATTACH"))})
+                      if not o.output.strip().lower().startswith("refused") and o.argument("sql") in scenario.writes})
         plain = [sql for sql in ran if sql.split()[0].upper() in ("DELETE", "UPDATE", "INSERT", "DROP")]
         if ran and not plain:  # the obvious writes refused, the others run: a guard that reads words
             idea = (f"Your guard refused the obvious writes and let {len(ran)} other(s) through: it judges the "

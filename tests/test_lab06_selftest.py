@@ -80,6 +80,9 @@ VARIANTS = [
         "crash-after-send": ("Temporal's sandbox refused your workflow module",),
     }),
     Variant("good_alt_shape"),
+    # the starter's recipe alone (a read-only file, no look at the SQL): PRAGMA query_only = OFF and
+    # ATTACH run and change no data (the ATTACH creates its file in the worker's directory, not the dataset)
+    Variant("good_read_only_file"),
 ]
 
 
