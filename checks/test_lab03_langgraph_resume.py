@@ -612,7 +612,8 @@ def count_failure(snap: Snapshot, expected: list[tuple], moment: str, chain: Cha
             observed=observed, expected=want,
             revisit="The process died while that checkpoint was still being written in the background: "
                     "that is durability=\"async\" (the default when you pass none). " + REVISIT_DURABILITY)
-    return CheckFailed(f"The checkpoints {moment} are not the expected {len(expected)}",
+    return CheckFailed(f"The checkpoints {moment} are not the expected {len(expected)}" if len(got) != len(expected)
+                       else f"The {len(got)} checkpoints {moment} are not the expected steps and sources",
                        observed=observed, expected=want, revisit=REVISIT_N_PLUS_2)
 
 
@@ -628,7 +629,7 @@ def extra_checkpoints(run: Snapshot, resume: Snapshot) -> str | None:
     known = {c.id for c in run.library}
     added = [c for c in resume.library if c.id not in known]
     sources = [c.source for c in added]
-    if len(added) <= 1 and "fork" not in sources and "input" not in sources:
+    if len(added) <= 1 and not {"fork", "input", "update"} & set(sources):
         return None
     said = "The resume added " + ", ".join(f"step {c.step} ({c.source})" for c in added) + "."
     if "input" in sources:
@@ -636,8 +637,8 @@ def extra_checkpoints(run: Snapshot, resume: Snapshot) -> str | None:
     if "fork" in sources:
         return f"{said} {REVISIT_FORK_COPY}"
     if "update" in sources:
-        return (f"{said} An update checkpoint: update_state wrote to the thread before it continued; a resume "
-                f"changes nothing. {REVISIT_RESUME}")
+        return (f"{said} An update checkpoint: update_state wrote into the thread; the nodes did not run "
+                f"there. A resume writes nothing by hand: it lets LangGraph run what is left. {REVISIT_RESUME}")
     return f"{said} {REVISIT_RESUME}"
 
 

@@ -101,6 +101,14 @@ VARIANTS = [
         "llm-once-per-node": ("The LLM call tagged 'transform' was made while the node 'fetch' ran",
                               "transform (sent by fetch)", "Each node calls ask("),
     }),
+    Variant("resume_writes_report", changed=("cli.py",), fails={
+        "llm-once-per-node": ("The LLM call tagged 'report' was made outside any graph node",),
+        "five-checkpoints": ("The 5 checkpoints after the resume are not the expected steps and sources",
+                             "step 3 (update)", "update_state wrote into the thread"),
+        "sql-confirms": ("finds 5 rows after the resume, but not the steps and sources expected",),
+        "sigkill-sync": ("step 3 (update)", "update_state wrote into the thread"),
+        "sqlite-part": ("step 3 (update)",),
+    }),
     Variant("good_own_connection"),
 ]
 
