@@ -9,12 +9,12 @@ LAB_SANDBOX_WRITABLE) to prove it ran.
 
 | case | the submission... | verdict |
 |---|---|---|
-| import_loop | loops forever at import | "did not finish importing within 20 s (stuck at line N)", 0 |
+| import_loop | loops forever at import | "did not finish importing within 60 s (stuck at line N)", 0 |
 | escaping_child | leaves a double-forked, setsid, SIGTERM-ignoring, marker-less daemon (one per import) | "left 3 process(es) running after its checks", 0; killed |
 | memory_hog | allocates without bound in call_llm | "call_llm failed (attempt 1): MemoryError" (or "The workflow failed: MemoryError"), revisit names the limit, 0 |
 | writes_outside | writes to checks/, labkit/, course.toml, $HOME, /tmp | sandbox: "PermissionError", nothing written, 0; no sandbox: "wrote outside its folder: <paths>", 0 |
 | port_binder | listens on a port standing in for the course's fixed ports, and on its servers' ports | sandbox: "PermissionError", 0; no sandbox: graded as earned, the port free afterwards |
-| exit_in_activity | calls os._exit in parse_json | "Your worker exited while ... (exit status 3)", 0 |
+| exit_in_activity | calls os._exit in parse_json | "Your worker exited while workflow B ran ... (exit status 3)", 0 |
 | exit_in_pytest | would os._exit the grading pytest process if imported there | never imported there: 13/13 |
 | (fake PASSED lines, forged reports) | tests/test_grading_tamper.py | the grade its lab earns |
 
@@ -159,7 +159,7 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
 
     assert found["import_loop"], "the loop never started"
     assert "crash-resume: The worker never started: your module activities.py did not finish importing " \
-           "within 20 s (stuck at line" in reason["import_loop"], reason["import_loop"]
+           "within 60 s (stuck at line" in reason["import_loop"], reason["import_loop"]
 
     daemons = [n["daemon"] for n in found["escaping_child"]]  # one per import: both workers and the replay
     assert len(daemons) >= 2 and reason["escaping_child"].startswith(
@@ -189,7 +189,8 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
     assert not listening(port)
 
     assert found["exit_in_activity"]
-    assert "crash-resume: Your worker exited while workflow A was on its way to parse_json's retry " \
+    # (Lab 01's check runs workflow B to its end on the first worker before A: parse_json exits in B)
+    assert "crash-resume: Your worker exited while workflow B ran on the first worker " \
            "(exit status 3)" in reason["exit_in_activity"], reason["exit_in_activity"]
 
 
