@@ -92,7 +92,6 @@ def finish_s(heartbeat_s: float) -> float:
     reaching the kill, one heartbeat timeout, the backoff, the downloads and the summary). No verdict of a
     variant depends on it: a missing heartbeat_timeout is read from the history."""
     return 45.0 + 4 * heartbeat_s
-REACH_S = 30.0  # until the crash run is mid-fan-out, the cancel run heartbeating
 
 
 def release_limit_s(heartbeat_s: float) -> float:
@@ -709,12 +708,13 @@ class Lab05:
         run, harness = s.crash, self.k
         try:
             worker = harness.workers[0]
-            deadline = run.started_at + REACH_S
+            reach = finish_s(s.heartbeat_s)  # a hang guard: until the crash run is mid-fan-out
+            deadline = run.started_at + reach
             seen = "nothing yet"
             while True:
                 if time.time() > deadline:
                     raise CheckFailed(
-                        f"The crash run never had pages extracted and others downloading within {REACH_S:.0f} s",
+                        f"The crash run never had pages extracted and others downloading within {reach:.0f} s",
                         observed=seen, expected="2 quick pages extracted while the held ones download",
                         revisit=REVISIT_FANOUT, details=tail(worker.output()))
                 history = await run.handle.fetch_history()
@@ -781,13 +781,14 @@ class Lab05:
         attempt is given up first, the check records that and cancels the run all the same."""
         run, slug = s.cancelled, s.cancelled.pages[0]
         try:
-            deadline = run.started_at + REACH_S
+            reach = finish_s(s.heartbeat_s)  # a hang guard: until the cancel run's download is heartbeating
+            deadline = run.started_at + reach
             beats: set[datetime] = set()
             opened = None
             silent = ""
             while True:
                 if time.time() > deadline:
-                    raise CheckFailed(f"The cancel run never started downloading its page within {REACH_S:.0f} s",
+                    raise CheckFailed(f"The cancel run never started downloading its page within {reach:.0f} s",
                                       observed=f"fetches of {slug}: {len(self.fetches(self.a, slug))}",
                                       expected="search, then extract_content downloads the page")
                 history = await run.handle.fetch_history()
