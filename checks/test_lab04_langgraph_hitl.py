@@ -15,8 +15,6 @@ the checkpointer's own list() on a fresh connection, and plain SQL on the checkp
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import re
 import sys
 import time
@@ -25,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 
 from labkit import course, prefork, proc
@@ -241,56 +238,6 @@ def read_postgres(url: str, thread: str, snap: Snapshot) -> None:
             for t in tuples]
 
 
-class Watchdog:
-    """Is a student process stuck? Judged by its progress, not by the clock: a process that is only
-    slow (a loaded or slower machine) runs or waits for a CPU; one that waits for something that
-    never comes (an input(), a lock, a connection nobody answers, a loop polling for a decision that
-    no one will send) sleeps, and uses next to no CPU. Stuck: over the last IDLE_LIMIT_S it used less
-    than 5% of a CPU and was seldom runnable (a tenth of the samples); or it used CPU_LIMIT_S of CPU
-    in all (a loop that never ends). Sampled twice a second (reading /proc costs CPU too)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.samples: collections.deque = collections.deque()  # (time, cpu seconds, runnable)
-        self.sampled_at = 0.0
-        self.verdict: str | None = None
-
-    def sample(self) -> tuple[float, bool] | None:
-        try:
-            root = psutil.Process(self.pid)
-            total, runnable = 0.0, False
-            for p in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    times = p.cpu_times()
-                    total += times.user + times.system
-                    runnable = runnable or p.status() == psutil.STATUS_RUNNING
-            return total, runnable
-        except psutil.Error:
-            return None
-
-    def stuck(self) -> str | None:
-        now = time.monotonic()
-        if self.verdict or now - self.sampled_at < 0.5:
-            return self.verdict
-        self.sampled_at = now
-        sample = self.sample()
-        if sample is None:
-            return None
-        cpu, runnable = sample
-        self.samples.append((now, cpu, runnable))
-        while len(self.samples) > 1 and now - self.samples[1][0] >= IDLE_LIMIT_S:
-            self.samples.popleft()  # keep one sample at least IDLE_LIMIT_S old
-        first_at, first_cpu, _ = self.samples[0]
-        window = now - first_at
-        runnable_share = sum(r for _, _, r in self.samples) / len(self.samples)
-        if window >= IDLE_LIMIT_S and cpu - first_cpu < 0.05 * window and runnable_share < 0.1:
-            self.verdict = (f"used {cpu - first_cpu:.2f} s of CPU in the last {window:.0f} s and was almost never "
-                            "runnable: it waits for something that never comes")
-        elif cpu >= CPU_LIMIT_S:
-            self.verdict = f"used {cpu:.0f} s of CPU without finishing: a loop that never ends"
-        return self.verdict
-
-
 # --- the scenario --------------------------------------------------------------------------------
 
 class Harness:
@@ -347,7 +294,7 @@ class Harness:
                     return
                 args += ["--thread", chain.thread, "--pause", chain.pause]
                 process = self.start(chain, step.label, args)
-                running[chain.name] = (step.label, args, process, time.monotonic(), Watchdog(process.pid))
+                running[chain.name] = (step.label, args, process, time.monotonic(), proc.Watchdog(process.pid, idle_limit_s=IDLE_LIMIT_S, cpu_limit_s=CPU_LIMIT_S))
                 return
 
         for chain in chains:

@@ -11,6 +11,7 @@ so spawn from the main thread (or a thread that lives as long as the child).
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import os
@@ -232,3 +233,53 @@ atexit.register(reap_all)
 if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class Watchdog:
+    """Is a student process stuck? Judged by its progress, not by the clock: a process that is only
+    slow (a loaded or slower machine) runs or waits for a CPU; one that waits for something that
+    never comes (an input(), a lock, a connection nobody answers, a loop polling for a decision that
+    no one will send) sleeps, and uses next to no CPU. Stuck: over the last idle_limit_s it used less
+    than 5% of a CPU and was seldom runnable (a tenth of the samples); or it used cpu_limit_s of CPU
+    in all (a loop that never ends). Sampled twice a second (reading /proc costs CPU too)."""
+
+    def __init__(self, pid: int, *, idle_limit_s: float = 20.0, cpu_limit_s: float = 60.0):
+        self.pid, self.idle_limit_s, self.cpu_limit_s = pid, idle_limit_s, cpu_limit_s
+        self.samples: collections.deque = collections.deque()  # (time, cpu seconds, runnable)
+        self.sampled_at = 0.0
+        self.verdict: str | None = None
+
+    def sample(self) -> tuple[float, bool] | None:
+        try:
+            root = psutil.Process(self.pid)
+            total, runnable = 0.0, False
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+                    runnable = runnable or p.status() == psutil.STATUS_RUNNING
+            return total, runnable
+        except psutil.Error:
+            return None
+
+    def stuck(self) -> str | None:
+        now = time.monotonic()
+        if self.verdict or now - self.sampled_at < 0.5:
+            return self.verdict
+        self.sampled_at = now
+        sample = self.sample()
+        if sample is None:
+            return None
+        cpu, runnable = sample
+        self.samples.append((now, cpu, runnable))
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.idle_limit_s:
+            self.samples.popleft()  # keep one sample at least idle_limit_s old
+        first_at, first_cpu, _ = self.samples[0]
+        window = now - first_at
+        runnable_share = sum(r for _, _, r in self.samples) / len(self.samples)
+        if window >= self.idle_limit_s and cpu - first_cpu < 0.05 * window and runnable_share < 0.1:
+            self.verdict = (f"used {cpu - first_cpu:.2f} s of CPU in the last {window:.0f} s and was almost never "
+                            "runnable: it waits for something that never comes")
+        elif cpu >= self.cpu_limit_s:
+            self.verdict = f"used {cpu:.0f} s of CPU without finishing: a loop that never ends"
+        return self.verdict
