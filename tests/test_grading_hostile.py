@@ -46,7 +46,7 @@ from test_grading import IGNORE, LAB01, MARKER_ENV, MAX, REPO, Graded, clone_wit
 # Hang limits, not speed targets (the big class grades in 1-2 min here, several at a quarter core).
 # The grader's per-run time limit is the backstop for a run that hangs: far above what a correct run
 # needs on a slow machine, so that every hostile case gets its own verdict (its mechanism trips:
-# the 20 s import guard, the memory limit, the sandbox), never the limit, on any machine.
+# the import guard, the memory limit, the sandbox), never the limit, on any machine.
 TIME_LIMIT_S = 300
 GRADE_HANG_LIMIT_S = 1500  # a whole `lab grade` of one class
 pytestmark = pytest.mark.timeout(GRADE_HANG_LIMIT_S + 120)
