@@ -15,7 +15,7 @@ LAB_SANDBOX_WRITABLE) to prove it ran.
 | writes_outside | writes to checks/, labkit/, course.toml, $HOME, /tmp | sandbox: "PermissionError", nothing written, 0; no sandbox: "wrote outside its folder: <paths>", 0 |
 | port_binder | listens on a port standing in for the course's fixed ports, and on its servers' ports | sandbox: "PermissionError", 0; no sandbox: graded as earned, the port free afterwards |
 | exit_in_activity | calls os._exit in parse_json | "Your worker exited while workflow B ran ... (exit status 3)", 0 |
-| exit_in_pytest | would os._exit the grading pytest process if imported there | never imported there: 13/13 |
+| exit_in_pytest | would os._exit the grading pytest process if imported there | never imported there: full marks (14/14) |
 | (fake PASSED lines, forged reports) | tests/test_grading_tamper.py | the grade its lab earns |
 
 The grader runs from a copy of the course (checks/, labkit/, course.toml, ...), so hostile writes
