@@ -560,8 +560,10 @@ def test_llm_called_exactly_once_per_run(scenario, evidence):
     for run in (scenario.a, scenario.b):
         strangers = [c for c in run.llm_requests if c.activity_type != "call_llm"]
         if strangers:
+            answered = sum(1 for c in run.llm_requests if c.ok)
             raise CheckFailed(
-                f"The LLM was called from {_made_by(strangers[0])}, not from call_llm, in run {run.label}",
+                f"The LLM was called from {_made_by(strangers[0])}, not from call_llm, in run {run.label}: "
+                f"{answered} answered request(s)",
                 observed="; ".join(f"request at {_when(c)} sent by {_made_by(c)}" for c in run.llm_requests),
                 expected="every LLM request of the run sent by an attempt of call_llm",
                 revisit="Only call_llm talks to the LLM, and parse_json validates the text it is given. An LLM "

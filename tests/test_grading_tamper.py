@@ -225,7 +225,7 @@ def test_deleting_llm_calls_from_the_ledger_file_changes_nothing(tmp_path):
     assert erased and sum(n["rows"] for n in erased) >= 2, f"the ledger was never edited: {notes}"
     # the variant's own verdict (tests/variants/lab01/README.md): these two fail, the rest pass
     assert failed_checks(row) == ["llm-called-once", "activities-completed-once"], row
-    assert "reached the LLM 2 times" in row["failed_checks"], row
+    assert "not from call_llm, in run A: 2 answered request(s)" in row["failed_checks"], row
     assert row["score"] == str(MAX - 3 - 2), row
 
 
