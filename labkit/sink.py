@@ -344,7 +344,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8320)
     parser.add_argument("--state-dir", type=Path, default=Path(".lab/sink"))
     args = parser.parse_args()
-    uvicorn.run(create_app(args.state_dir), host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(args.state_dir), host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_keep_alive=600)  # far above any gap between a slow client's requests (default 5 s)
 
 
 # --- the service, for checks and notebooks -------------------------------------------------------

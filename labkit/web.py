@@ -605,6 +605,12 @@ class CourseWeb:
         self.ready = False
 
 
+# Idle keep-alive connections stay open far longer than any gap between a slow client's requests:
+# uvicorn's 5 s default races a process that reuses its connection (Lab 04's websearch client) and
+# ends in "Server disconnected without sending a response" on a slow machine.
+KEEP_ALIVE_S = 600
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m labkit.web",
                                      description="Serve the course web (search, pages, faults, ledger).")
@@ -618,7 +624,8 @@ def main() -> None:
 
     app = create_app(args.ledger_dir, args.corpus or [DEFAULT_CORPUS])
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=1)  # a client still held by a hang must not block the stop
+                timeout_graceful_shutdown=1,  # a client still held by a hang must not block the stop
+                timeout_keep_alive=KEEP_ALIVE_S)
 
 
 if __name__ == "__main__":

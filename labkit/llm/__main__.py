@@ -23,8 +23,10 @@ def main() -> None:
     book = RuleBook()
     for path in reversed(args.rules):
         book.prepend(RuleBook.from_file(path).rules)
+    # keep-alive far above any gap between a slow client's requests (uvicorn's 5 s default races
+    # a client that reuses its connection: "Server disconnected without sending a response")
     uvicorn.run(guard(create_app(args.ledger_dir, book)), host=args.host, port=args.port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, timeout_keep_alive=600)
 
 
 if __name__ == "__main__":
