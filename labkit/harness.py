@@ -77,9 +77,15 @@ class WorkerHarness:
         return worker
 
     async def wait_polling(self, client: Client, worker: proc.ManagedProcess, known: set[str] = frozenset(),
-                           timeout: float = 20.0) -> set[str]:
-        """Identities of the workers that started polling the task queue (and are not in `known`)."""
+                           timeout: float = proc.START_HANG_S) -> set[str]:
+        """Identities of the workers that started polling the task queue (and are not in `known`).
+
+        How long a worker may take to start is not a verdict (a quarter of a core under load takes
+        many times what a quiet machine does): it is given up on when it has stopped making progress
+        (proc.Watchdog: asleep and all but idle, or a CPU-bound loop), or at `timeout`, a hang guard."""
         deadline = time.monotonic() + timeout
+        watch = proc.Watchdog(worker.pid, cpu_limit_s=30.0)  # a worker's imports cost 1-4 s of CPU
+        verdict = None
         while time.monotonic() < deadline:
             if not worker.alive:
                 log = worker.output()
@@ -96,22 +102,26 @@ class WorkerHarness:
             fresh = await temporal.pollers(client, self.task_queue) - set(known)
             if fresh:
                 return fresh
+            verdict = watch.stuck()
+            if verdict:
+                break
             await asyncio.sleep(0.05)
+        how = f"it {verdict}" if verdict else f"it was still starting after {timeout:.0f} s"
         stuck = await asyncio.to_thread(stuck_importing, worker, self.target.root)
         if stuck:
             raise CheckFailed(
-                f"The worker never started: your module {stuck[0]} did not finish importing within "
-                f"{timeout:.0f} s (stuck at line {stuck[1]})",
-                observed=f"after {timeout:.0f} s the worker was still running the top level of {stuck[0]}, "
-                         f"line {stuck[1]}: {stuck[2]}",
+                f"The worker never started: your module {stuck[0]} did not finish importing "
+                f"(stuck at line {stuck[1]})",
+                observed=f"the worker was still running the top level of {stuck[0]}, line {stuck[1]}: "
+                         f"{stuck[2]}; {how}",
                 expected="importing a module defines things and returns at once; the work starts later, "
                          "in main() or in an activity",
                 revisit="Code at a module's top level runs on import, in the worker and in every replay. "
                         "Move loops, waits and calls into functions.",
                 details=tail(worker.output()))
         raise CheckFailed(
-            f"Your worker did not start polling within {timeout:.0f} s",
-            observed=f"no worker polled task queue {self.task_queue!r}; the process is still running",
+            "Your worker never started polling its task queue",
+            observed=f"no worker polled task queue {self.task_queue!r}; the process is still running: {how}",
             expected="`async with Worker(...)` (or `await worker.run()`) polling the task queue from "
                      "TEMPORAL_TASK_QUEUE",
             revisit=f"worker.py: connect the client, build the Worker with {self.registers}, and run it. "

@@ -9,7 +9,7 @@ LAB_SANDBOX_WRITABLE) to prove it ran.
 
 | case | the submission... | verdict |
 |---|---|---|
-| import_loop | loops forever at import | "did not finish importing within 60 s (stuck at line N)", 0 |
+| import_loop | loops forever at import | "did not finish importing (stuck at line N)", 0 |
 | escaping_child | leaves a double-forked, setsid, SIGTERM-ignoring, marker-less daemon (one per import) | "left 3 process(es) running after its checks", 0; killed |
 | memory_hog | allocates without bound in call_llm | "call_llm failed (attempt 1): MemoryError" (or "The workflow failed: MemoryError"), revisit names the limit, 0 |
 | writes_outside | writes to checks/, labkit/, course.toml, $HOME, /tmp | sandbox: "PermissionError", nothing written, 0; no sandbox: "wrote outside its folder: <paths>", 0 |
@@ -159,7 +159,7 @@ def test_hostile_submissions_get_clear_verdicts_and_leave_nothing(tmp_path):
 
     assert found["import_loop"], "the loop never started"
     assert "crash-resume: The worker never started: your module activities.py did not finish importing " \
-           "within 60 s (stuck at line" in reason["import_loop"], reason["import_loop"]
+           "(stuck at line" in reason["import_loop"], reason["import_loop"]
 
     daemons = [n["daemon"] for n in found["escaping_child"]]  # one per import: both workers and the replay
     assert len(daemons) >= 2 and reason["escaping_child"].startswith(
