@@ -5,8 +5,8 @@
   its bug keeps from running say "not checked: ..."; every other check passes;
 - the differently shaped correct variant (good_alt_shape) passes every check;
 - the solution also passes with every worker started by a plain exec (no fork server);
-- every run gives a verdict (never an internal error) within its time budget, and leaves no process
-  behind.
+- every run gives a verdict (never an internal error) before its hang limit, and leaves no process
+  behind. No run's duration is asserted: the check picks its heartbeat timeout for the machine.
 
 The solution, the starter and the TODO markers: tests/test_course_selftest.py. How a run works:
 tests/selftest.py.
@@ -20,8 +20,6 @@ from selftest import (Variant, assert_folders_match, assert_solution_plus_marked
 from labkit import course
 
 LAB = course.load().lab("05")
-# Measured 16-18 s on an idle 2-core machine (the heartbeat timeout is 3 s there); see notes.
-RUN_BUDGET_S = 90
 
 VARIANTS = [
     # The text's loop: one page after another. Everything else still works, only slower.
@@ -98,11 +96,11 @@ VARIANTS = [
 
 @parametrize(VARIANTS)
 def test_variant_gets_its_verdict(variant, tmp_path):
-    run_variant(LAB, variant, tmp_path, budget_s=RUN_BUDGET_S)
+    run_variant(LAB, variant, tmp_path)
 
 
 def test_solution_passes_without_the_fork_server(tmp_path):
-    run = run_check(LAB, tmp_path, solution=True, env={"LAB_PREFORK": "0"}, budget_s=RUN_BUDGET_S)
+    run = run_check(LAB, tmp_path, solution=True, env={"LAB_PREFORK": "0"})
     assert not run.failed() and run.returncode == 0, run.describe()
 
 
