@@ -76,7 +76,8 @@ START_TO_CLOSE_S = 60.0  # the text's extract_content timeout: what a hang would
 # launch to its first poll: imports, connecting, CPU), within [HEARTBEAT_MIN_S, HEARTBEAT_MAX_S]. The SDK
 # sends heartbeats every 0.5 s (the course's worker.py), so a timeout of 3 s or more leaves a healthy
 # download 2.5 s of lateness; on a machine that started the workers slowly it is longer (the runs' deadlines
-# grow with it). Measured: /work/team/notes/lab05.md (startup 0.6-0.9 s idle, 4-6 s at a quarter core).
+# grow with it). Measured: /work/team/notes/lab05.md (startup under 0.75 s idle, 1.9 s at load 6, 3.8-5.6 s
+# at a quarter core).
 HEARTBEAT_MIN_S, HEARTBEAT_MAX_S, HEARTBEAT_PER_STARTUP = 3.0, 30.0, 4.0
 
 # The scripted web (ms per page, in the search's rank order). "hold": trickles until released.
