@@ -224,9 +224,17 @@ class Sweep(WorkerScenario):
             calls.append(LogicalCall(key=f"web:{workflow_id}/search", subject=workflow_id, successor=then,
                                      entries=[(e.at, e.status) for e in entries
                                               if e.kind == "search" and e.query == topic]))
-            calls += [LogicalCall(key=f"web:{workflow_id}/{slug}", subject=workflow_id, successor=then,
-                                  entries=[(e.at, e.status) for e in entries if e.kind == "fetch" and e.slug == slug])
-                      for slug in pages]
+            explained = self.outcomes.get(workflow_id, ((), (), ()))[2]
+            for slug in pages:
+                fetched = [(e.at, e.status) for e in entries if e.kind == "fetch" and e.slug == slug]
+                if not fetched and slug in explained:
+                    # both attempts were killed before the GET left a slow worker: given up (counted
+                    # with the kills above) with no fetch at all; whether a killed attempt reached the web
+                    # first is the machine's speed, not the program's fault
+                    self.counts["pages given up before any fetch reached the web"] += 1
+                    continue
+                calls.append(LogicalCall(key=f"web:{workflow_id}/{slug}", subject=workflow_id, successor=then,
+                                         entries=fetched))
         return {"web": ("page fetch", calls)}
 
     # --- the end state --------------------------------------------------------------------------------
