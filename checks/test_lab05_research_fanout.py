@@ -496,8 +496,9 @@ class Workers(WorkerHarness):
             return super().start_worker()
         n = len(self.workers) + 1
         self.workdir.mkdir(parents=True, exist_ok=True)
+        cwd, env = self.next_host()  # as on a host of its own: a fresh working directory, TMPDIR, HOME
         worker = self.forks.start(self.target.module("worker"), [], name=f"worker{n}",
-                                  log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
+                                  log_path=self.workdir / f"worker{n}.log", env=env, cwd=cwd)
         self.workers.append(worker)
         return worker
 
