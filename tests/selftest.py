@@ -132,13 +132,20 @@ def running_processes_of(marker: str, paths: Iterable[Path]) -> list[str]:
     return found
 
 
-def running_children() -> list[psutil.Process]:
-    """This process's descendants that are still running (not zombies)."""
+def running_children(marker: str | None = None) -> list[psutil.Process]:
+    """This process's descendants that are still running (not zombies); with `marker`, leaving out
+    those that carry another run's marker (runs made at once from one process, bench/slow_machine.py
+    --jobs N, see each other's processes as children)."""
     found = []
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            if child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child)
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if marker is not None:
+                with contextlib.suppress(psutil.Error):
+                    if child.environ().get(MARKER_ENV) not in (None, marker):
+                        continue
+            found.append(child)
     return found
 
 
@@ -188,7 +195,7 @@ def run_check(lab: course.Lab, tmp_path: Path, *, lab_path: Path | None = None, 
 
     # Nothing the run started may outlive it: not a worker, a server, nor a replay.
     survivors = running_processes_of(marker, [p for p in (lab_path, basetemp) if p is not None])
-    children = running_children()
+    children = running_children(marker)
     assert not survivors and not children, (
         f"processes left behind by the check run: {survivors or children}\n{run.describe()}")
 
