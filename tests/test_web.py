@@ -83,6 +83,25 @@ def test_caller_from_path_header_or_query(server, caller):
     assert [e.kind for e in ledger.entries(caller + "-q")] == ["search", "fetch"]
 
 
+def test_a_held_page_trickles_until_released_then_completes(server, caller):
+    """Given a page held for a caller, when it is fetched, then bytes keep coming (as many as the
+    reader waits for: the hold is a state, not a duration) until the behaviour is replaced, and the
+    page then completes whole, recorded as complete in the ledger."""
+    server.set_behaviour("qec-decoders", caller=caller, hold=True, chunk_ms=50)
+    chunks = 0
+    body = b""
+    with httpx.stream("GET", f"{server.url_for(caller)}/doc/qec-decoders", timeout=60) as response:
+        for chunk in response.iter_bytes():
+            body += chunk
+            chunks += 1
+            if chunks == 20:  # still trickling after 20 pieces: release it
+                server.set_behaviour("qec-decoders", caller=caller)
+    page = httpx.get(f"{server.base_url}/doc/qec-decoders", timeout=30).content  # another caller: whole at once
+    assert chunks > 20 and body == page
+    (fetch,) = server.ledger().fetches(caller, "qec-decoders")
+    assert fetch.complete and fetch.bytes == len(page)
+
+
 def test_slow_page_trickles(server, caller):
     """A slow page sends its bytes spread over slow_ms (lower bounds the server guarantees); the
     margins against the unslowed fetch are seconds wide, so a slow machine does not change them."""
