@@ -17,8 +17,8 @@ what the LLM really answered.
 
 Timing: nothing here waits for a fixed time. Each wait ends on a state (a history event, a pending
 activity's attempt, a line of the attempt record), and fails on a state (a workflow task failure, an
-attempt that timed out on the server). PATIENCE_S and WORKER_START_S only stop a run that stopped
-moving altogether. The one window the scenario needs, A's 2 s backoff (the lab's initial_interval),
+attempt that timed out on the server). PATIENCE_S only stops a run that stopped moving altogether;
+a worker that never polls is judged by the harness's progress watchdog (labkit.proc.Watchdog). The one window the scenario needs, A's 2 s backoff (the lab's initial_interval),
 is caught from the workers' attempt record the moment attempt 1 fails; if a slow machine ever lets
 the retry start first, the round is spent and another run tries again (ROUNDS).
 """
@@ -52,7 +52,6 @@ from labkit.llm import LedgerEntry
 
 LAB = "01"
 BACKOFF_S = 2.0  # the lab's initial_interval: the time the retry must wait
-WORKER_START_S = 60.0  # hang guard: a worker that has not polled by then is stuck (a correct one: seconds)
 PATIENCE_S = 60.0  # hang guard: a run whose history and pending attempts did not change for this long
 ROUNDS = 3  # runs A tried, at most, to land the kill inside the 2 s backoff
 EXPECTED_RETRY = {"maximum_attempts": 3, "initial_interval_s": 2.0, "backoff_coefficient": 2.0}
@@ -433,7 +432,7 @@ def new_run(label: str, key: str, rng: random.Random) -> Run:
 async def run_scenario(harness: Harness, scenario: Scenario, key: str, rng: random.Random) -> None:
     client = await Client.connect(harness.services.temporal_address)
     worker1 = harness.start_worker()
-    scenario.old_identities = await harness.wait_polling(client, worker1, timeout=WORKER_START_S)
+    scenario.old_identities = await harness.wait_polling(client, worker1)
 
     harness.services.llm  # the course LLM answers before any workflow needs it
     a, b = scenario.a, scenario.b
@@ -475,8 +474,7 @@ async def run_scenario(harness: Harness, scenario: Scenario, key: str, rng: rand
     worker2 = harness.start_worker()
     replay = harness.replay = temporal.Replay(root=harness.target.root, module=harness.target.module("workflows"),
                                               workflow_id=a.workflow_id)
-    scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities,
-                                                         timeout=WORKER_START_S)
+    scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities)
     try:
         a.result = await harness.result_after_restart(a)
     except WorkflowFailureError:

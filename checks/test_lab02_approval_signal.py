@@ -22,7 +22,8 @@ Timing: nothing here waits for a fixed time or races the clock. Every wait ends 
 from outside: a history event, the server's pending workflow task and activities, an update the
 server admitted. A run that waits with nothing running and no timer due is *stuck* (it waits for
 something that will not come): that is a verdict at once, not after a timeout. The expiry is proven
-by the timer in the history. PATIENCE_S and WORKER_START_S only stop a run that stopped moving.
+by the timer in the history. PATIENCE_S only stops a run that stopped moving; a worker that never
+polls is judged by the harness's progress watchdog (labkit.proc.Watchdog), not by a fixed time.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from labkit.replays import ReplaySet, ReplaySetVerdict
 LAB = "02"
 DEFAULT_TIMEOUT_S = 24 * 60 * 60  # the lab's default approval timeout
 EXPIRE_CHOICES_S = (2.0, 2.5, 3.0, 3.5, 4.0)  # the expire run's approval_timeout_seconds, one drawn per run
-WORKER_START_S = 60.0  # hang guard: a worker that has not polled by then is stuck (a correct one: seconds)
 PATIENCE_S = 60.0  # hang guard: a run whose history and pending work did not change for this long
 AWAITING = "awaiting_approval"
 UNKNOWN_WORDS = ("later", "hold", "escalate", "abstain", "defer", "pending", "unsure", "skip")
@@ -623,7 +623,7 @@ async def run_scenario(harness: Lab02Harness, scenario: Scenario) -> None:
     client = await Client.connect(harness.services.temporal_address)
     p, people = scenario.paths, scenario.people
     worker1 = harness.start_worker()
-    scenario.old_identities = await harness.wait_polling(client, worker1, timeout=WORKER_START_S)
+    scenario.old_identities = await harness.wait_polling(client, worker1)
     # Started now, the replay process imports the workflow module while the scenario runs.
     replay = harness.replay = ReplaySet(root=harness.target.root, module=harness.target.module("workflows"))
     harness.push_replies(list(p.values()))
@@ -669,8 +669,7 @@ async def run_scenario(harness: Lab02Harness, scenario: Scenario) -> None:
     scenario.restarted_at = datetime.now(timezone.utc)
     worker2 = harness.start_worker()
     try:
-        scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities,
-                                                             timeout=WORKER_START_S)
+        scenario.new_identities = await harness.wait_polling(client, worker2, scenario.old_identities)
         if late is not None:  # answered once the new worker runs the reject run
             p["reject"].sent.append(await update_outcome(what, late_at, late, harness, p["reject"].handle))
         await asyncio.gather(*(wait_result(harness, p[key]) for key in ("approve", "reject", "expire", "early")
