@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from collections import Counter
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from labkit import course, prefork
 from labkit.harness import WorkerHarness
@@ -28,11 +29,13 @@ from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
 
 from .common import graded_copy, with_latency
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, completed_activities, release_dead_worker, results_of, WorkerScenario
+from .temporal_kit import (STARTED, WORKFLOW_TASK_TIMEOUT, WorkerScenario, completed_activities, release_dead_worker,
+                           results_of)
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
 ACTIVITIES = ["call_llm", "parse_json", "save_to_db"]
+MAX_ATTEMPTS = 3  # the lab's RetryPolicy(maximum_attempts=3), which its check requires
 
 
 class ForkedWorkers(WorkerHarness):
@@ -63,6 +66,14 @@ class Sweep(WorkerScenario):
         self.finish_timeout_s = finish_timeout_s
         self.run_id = uuid.uuid4().hex[:6]
         self.attempts_failed_for_dead_workers = 0
+        self.counts: Counter = Counter()  # across trials, for the report
+        # (workflow id, activity type): attempts a kill interrupted. A run whose activity had every
+        # attempt killed fails as its retry policy says (a timeout after a crash is an attempt); how
+        # many kills land on a running attempt depends on the machine's speed, so it is counted.
+        self.killed_attempts: Counter = Counter()
+
+    def tallies(self) -> dict[str, int]:
+        return dict(self.counts)
 
     # --- the sweep's servers ---------------------------------------------------------------------
 
@@ -117,8 +128,15 @@ class Sweep(WorkerScenario):
                 task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def after_kill(self) -> None:
-        for handle in list(self.handles.values()):
+        for workflow_id, handle in list(self.handles.items()):
+            for pending in (await handle.describe()).raw_description.pending_activities:
+                if pending.state == STARTED:
+                    self.killed_attempts[(workflow_id, pending.activity_type.name)] += 1
             self.attempts_failed_for_dead_workers += await release_dead_worker(self.client, handle)
+
+    def spent_by_kills(self, workflow_id: str) -> str | None:
+        """The activity whose every attempt a kill interrupted, if any: the run rightly failed."""
+        return next((name for name in ACTIVITIES if self.killed_attempts[(workflow_id, name)] >= MAX_ATTEMPTS), None)
 
     async def recorded(self) -> set[str]:
         return {f"{workflow_id}/call_llm" for workflow_id, handle in list(self.handles.items())
@@ -139,6 +157,9 @@ class Sweep(WorkerScenario):
         rows = self._rows()
         for workflow_id in self.plan:
             result = self.results.get(workflow_id, "never started")
+            if isinstance(result, WorkflowFailureError) and self.spent_by_kills(workflow_id):
+                self.counts[f"runs failed: every {self.spent_by_kills(workflow_id)} attempt killed"] += 1
+                continue
             if not isinstance(result, int):
                 found.append(Violation(trial, workflow_id, "workflow lost", f"{type(result).__name__}: {result}",
                                        "AnalyzeWorkflow COMPLETED, returning its row id"))

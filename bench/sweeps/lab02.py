@@ -28,7 +28,7 @@ from pathlib import Path
 
 from datetime import timedelta
 
-from temporalio.client import WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from labkit.sweep import Violation
@@ -147,6 +147,9 @@ class Sweep(lab01.Sweep):
             expected = f"AnalyzeWorkflow COMPLETED: status {STATUS[decision]!r}, reviewer 'reviewer-1' (the first decision)"
             status = getattr(result, "status", None) if not isinstance(result, dict) else result.get("status")
             reviewer = getattr(result, "reviewer", None) if not isinstance(result, dict) else result.get("reviewer")
+            if status is None and isinstance(result, WorkflowFailureError) and self.spent_by_kills(workflow_id):
+                self.counts[f"runs failed: every {self.spent_by_kills(workflow_id)} attempt killed"] += 1
+                continue
             if status is None:
                 found.append(Violation(trial, workflow_id, "workflow lost", f"{type(result).__name__}: {result}", expected))
                 continue
