@@ -136,16 +136,20 @@ def running_children(marker: str | None = None) -> list[psutil.Process]:
     """This process's descendants that are still running (not zombies); with `marker`, leaving out
     those that carry another run's marker (runs made at once from one process, bench/slow_machine.py
     --jobs N, see each other's processes as children)."""
+    def theirs(process: psutil.Process) -> bool:  # carries another run's marker
+        with contextlib.suppress(psutil.Error):
+            return marker is not None and process.environ().get(MARKER_ENV) not in (None, marker)
+        return False
+
     found = []
-    for child in psutil.Process().children(recursive=True):
+    for top in psutil.Process().children():
+        if theirs(top):  # another run's whole tree (its PostgreSQL may not carry the marker)
+            continue
         with contextlib.suppress(psutil.NoSuchProcess):
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if marker is not None:
-                with contextlib.suppress(psutil.Error):
-                    if child.environ().get(MARKER_ENV) not in (None, marker):
-                        continue
-            found.append(child)
+            for child in [top, *top.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if child.status() != psutil.STATUS_ZOMBIE and not theirs(child):
+                        found.append(child)
     return found
 
 
