@@ -92,9 +92,12 @@ class Ledger:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-            for column in ("turn INTEGER", "origin TEXT", "usage TEXT"):  # a ledger from an older course
-                if column.split()[0] not in columns:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+            # a ledger from an older course: one fixed statement per column it may lack
+            for column, statement in (("turn", "ALTER TABLE requests ADD COLUMN turn INTEGER"),
+                                      ("origin", "ALTER TABLE requests ADD COLUMN origin TEXT"),
+                                      ("usage", "ALTER TABLE requests ADD COLUMN usage TEXT")):
+                if column not in columns:
+                    db.execute(statement)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
