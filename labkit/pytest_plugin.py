@@ -78,15 +78,22 @@ def make_target(config, lab: course.Lab, tmp: Path) -> LabTarget:
         source = lab.starter_dir
     if not source.is_dir():
         raise pytest.UsageError(f"no lab folder at {source}")
-    root = tmp / "graded"
-    shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE)
+    target = graded_copy(lab, source, tmp / "graded")
+    _IGNORED_NOTES[lab.slug] = lab.ignored_edits_note(source)
+    return target
+
+
+def graded_copy(lab: course.Lab, source: Path, root: Path) -> LabTarget:
+    """`source` (a lab folder) copied to root/<slug>, importable as the lab's package: the student's
+    files from `source`, every other file of the lab from the course's own copy. The checks, the
+    crash sweeps and the project's tests all grade through this one copy."""
+    shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE, dirs_exist_ok=True)
     ignored = tuple(lab.edited_course_files(source))
     # The harness (workers, starters, models, crash and LLM helpers) is the course's, whatever the
     # submission holds: a check must not run a crash or an LLM client the student rewrote.
     for name in lab.course_files:
         shutil.copyfile(lab.solution_dir / name, root / lab.slug / name)
     (root / lab.slug / "__init__.py").touch()
-    _IGNORED_NOTES[lab.slug] = lab.ignored_edits_note(source)
     return LabTarget(lab=lab, source=source, root=root, name=lab.slug, ignored=ignored)
 
 

@@ -9,7 +9,6 @@ the course LLM and a SQLite file, with the evidence a fault test reads from outs
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import time
 import uuid
@@ -21,17 +20,15 @@ from temporalio.client import Client, WorkflowHistory
 
 from labkit import course, temporal
 from labkit.harness import WorkerHarness
-from labkit.pytest_plugin import COPY_IGNORE, LabTarget, Services
+from labkit.pytest_plugin import LabTarget, Services
+from labkit.pytest_plugin import graded_copy as plugin_graded_copy
 from labkit.services import CourseLLM, TemporalServer
 
 
 def graded_copy(lab_id: str, tmp: Path) -> LabTarget:
     """The lab's reference solution, copied and importable under the lab's package name."""
     lab = course.load().lab(lab_id)
-    root = tmp / "graded"
-    shutil.copytree(lab.solution_dir, root / lab.slug, ignore=COPY_IGNORE)
-    (root / lab.slug / "__init__.py").touch()
-    return LabTarget(lab=lab, source=lab.solution_dir, root=root, name=lab.slug)
+    return plugin_graded_copy(lab, lab.solution_dir, tmp / "graded")
 
 
 @dataclass

@@ -6,24 +6,22 @@ sweep runs exactly the code `lab check --solution` grades, and never writes into
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from labkit import course
 from labkit.llm.rules import RuleBook
-from labkit.pytest_plugin import COPY_IGNORE, LabTarget
+from labkit.pytest_plugin import LabTarget
+from labkit.pytest_plugin import graded_copy as plugin_graded_copy
 
 
 def graded_copy(lab_id: str, workdir: Path, source: Path | None = None) -> LabTarget:
-    """The lab folder (default: its reference solution) copied under workdir, importable by its slug."""
+    """The lab folder (default: its reference solution) copied under workdir, importable by its
+    slug, with the course's own copy of every file that is not the student's (as the checks grade)."""
     lab = course.load().lab(lab_id)
     source = Path(source).resolve() if source else lab.solution_dir
     if not source.is_dir():
         raise SystemExit(f"no lab folder at {source}")
-    root = Path(workdir) / "graded"
-    shutil.copytree(source, root / lab.slug, ignore=COPY_IGNORE, dirs_exist_ok=True)
-    (root / lab.slug / "__init__.py").touch()
-    return LabTarget(lab=lab, source=source, root=root, name=lab.slug)
+    return plugin_graded_copy(lab, source, Path(workdir) / "graded")
 
 
 def with_latency(rule_names: list[str], latency_ms: int) -> list[dict]:
