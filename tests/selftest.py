@@ -232,7 +232,7 @@ def default_sigint() -> None:
 
 @dataclass(frozen=True)
 class Variant:
-    """A copy of the lab's solution under tests/variants/labNN/<name>.
+    """The student's files of a submission under tests/variants/labNN/<name> (see student_files).
 
     fails: check -> fragments its message must contain (and it must be checked, not "not checked");
     blocked: checks that must say "not checked: ..." (a check in `fails` is not blocked even when
@@ -325,14 +325,24 @@ def assert_folders_match(lab: course.Lab, variants: Iterable[Variant]) -> None:
         assert f"`{variant.name}`" in readme, f"README.md does not describe {variant.name}"
 
 
+def student_files(lab: course.Lab) -> list[str]:
+    """What a variant folder holds: the student's files (course.toml `edits`) and the package's
+    __init__.py (whose docstring may say what the variant is). Grading lays the course's own copy of
+    every other file over the folder (labkit.pytest_plugin.graded_copy), so a copy here would never run."""
+    return sorted({*lab.edits, "__init__.py"})
+
+
 def assert_solution_plus_marked_bug(lab: course.Lab, variant: Variant, *, ignore: tuple[str, ...] = ()) -> None:
-    """A bad variant is the solution outside the files it declares changed, and each of those
-    differs and marks its bug with BUG(<name>). A variant that drifted from the solution tests
-    something else: re-copy it. `ignore`: files a lab lets differ (say, a docstring per variant)."""
+    """A bad variant is the solution's student files with ONE bug: it holds exactly those files,
+    equal to the solution's outside the files it declares changed, and each of those differs and
+    marks its bug with BUG(<name>). A variant that drifted from the solution tests something else:
+    re-copy it. `ignore`: files a lab lets differ (say, a docstring per variant)."""
     assert not variant.good and variant.changed, f"{variant.name}: a bad variant names the files it changes"
-    names = sorted(p.name for p in lab.solution_dir.glob("*.py"))
-    assert sorted(p.name for p in variant.path(lab).glob("*.py")) == names
-    assert set(variant.changed) <= set(names), f"{variant.name}: changed names no solution file"
+    names = student_files(lab)
+    held = sorted(p.name for p in variant.path(lab).glob("*.py"))
+    assert held == names, (f"{variant.name} holds {held}; a variant holds the student's files {names} "
+                           "(the course's own files are laid over it when it is graded)")
+    assert set(variant.changed) <= set(names), f"{variant.name}: changed names no student file"
     for name in names:
         if name in ignore:
             continue
