@@ -1,7 +1,7 @@
 """`lab`: the course's command line, a thin layer over pytest and labkit (modelled on rustlings).
 
     lab list | lab up | lab down | lab doctor
-    lab check NN [--path DIR | --solution] [--repeat N]
+    lab check NN [--path DIR | --solution] [--repeat N] [--server URL]
     lab hint NN      lab demo NN
     lab watch NN     lab reset NN     lab solution NN      (students)
     lab grade SUBMISSIONS                                  (instructors)
@@ -75,7 +75,10 @@ def list_labs() -> None:
                       f"{{{','.join(pending.edits)}}})")
 
 
-def run_checks(lab: course.Lab, target_args: list[str], verbose: bool) -> list[dict]:
+SERVER_ENV = "LAB_SERVER_URL"  # `lab check NN --server URL`: a check that can use a real server reads it
+
+
+def run_checks(lab: course.Lab, target_args: list[str], verbose: bool, server: str | None = None) -> list[dict]:
     """Run the lab's pytest checks in a child process and return the per-check records."""
     with tempfile.TemporaryDirectory(prefix="lab-check-") as tmp:
         report = Path(tmp) / "report.json"
@@ -84,7 +87,8 @@ def run_checks(lab: course.Lab, target_args: list[str], verbose: bool) -> list[d
         if not verbose:
             argv += ["--no-header", "-rN", "--tb=no", "--disable-warnings"]
         pipe = None if verbose else subprocess.PIPE
-        child = subprocess.Popen(argv, cwd=REPO, stdout=pipe, stderr=pipe, text=True)
+        env = {**os.environ, SERVER_ENV: server} if server else None
+        child = subprocess.Popen(argv, cwd=REPO, stdout=pipe, stderr=pipe, text=True, env=env)
         try:
             stdout, stderr = child.communicate()
         except KeyboardInterrupt:
@@ -131,11 +135,18 @@ def check(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show pytest's own output"),
     repeat: int = typer.Option(1, "--repeat", min=1, help="run the whole check N times and summarise "
                                "(a flake hunt: a check must pass every time)"),
+    server: Optional[str] = typer.Option(None, "--server", metavar="URL",
+                                         help="run the lab's scenario against a real server at URL too, for the "
+                                              "labs whose check can (passed to the check as LAB_SERVER_URL)"),
 ) -> None:
     """Run a lab's autograder: one line per check, and what to fix when one fails."""
     lab = find_lab(lab_id)
     if path and solution:
         console.print("[red]--path and --solution exclude each other[/red]")
+        raise typer.Exit(2)
+    if server is not None and not server_url_ok(server):
+        console.print(f"[red]--server wants an http(s) URL with a host, such as http://127.0.0.1:8288; "
+                      f"got {server!r}[/red]", markup=True)
         raise typer.Exit(2)
     target = solution and lab.solution_dir or (path.resolve() if path else lab.starter_dir)
     if not target.is_dir():
@@ -144,13 +155,15 @@ def check(
     args = ["--solution"] if solution else ["--lab-path", str(target)]
     shown = target.relative_to(REPO) if target.is_relative_to(REPO) else target
     if repeat > 1:
-        raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose))
+        raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose, server))
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown} … this takes a few seconds")
+    if server:
+        console.print(f"with the server at {server} ({SERVER_ENV})", markup=False)
     ignored = lab.ignored_edits_note(target)
     if ignored:
         console.print(ignored, style="yellow", markup=False)
     started = time.monotonic()
-    records = run_checks(lab, args, verbose)
+    records = run_checks(lab, args, verbose, server)
     for record in records:
         print_record(lab, record)
     passed = sum(r["outcome"] == "passed" for r in records)
@@ -169,7 +182,15 @@ def check(
     raise typer.Exit(0 if all_passed else 1)
 
 
-def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: int, verbose: bool) -> int:
+def server_url_ok(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: int, verbose: bool,
+                  server: str | None = None) -> int:
     """Run the whole check `runs` times: one line per run, then a summary a flake hunt can quote."""
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown}, {runs} runs … a flake hunt: "
                   "every run must pass")
@@ -178,7 +199,7 @@ def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: in
     first_message: dict[str, str] = {}
     for number in range(1, runs + 1):
         started = time.monotonic()
-        records = run_checks(lab, target_args, verbose)
+        records = run_checks(lab, target_args, verbose, server)
         durations.append(time.monotonic() - started)
         failed = [r for r in records if r["outcome"] != "passed" and not r.get("blocked")]
         if not records:

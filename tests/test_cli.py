@@ -126,3 +126,35 @@ def test_ctrl_c_during_a_check_leaves_no_process_behind(tmp_path):
     assert "interrupted" in out
     _, alive = psutil.wait_procs(descendants, timeout=30)  # returns as soon as they are gone
     assert not alive, [" ".join(p.cmdline()) for p in alive]
+
+
+def test_server_option_reaches_the_check_as_an_environment_variable(tmp_path, monkeypatch):
+    """Given `lab check NN --server URL`, When the CLI starts the lab's pytest run,
+    Then the run's environment holds LAB_SERVER_URL=URL (and a run without --server does not)."""
+    from labkit import cli, course
+
+    seen: list[dict | None] = []
+
+    class Recorder:
+        def __init__(self, argv, **kwargs):
+            seen.append(kwargs.get("env"))
+            self.returncode = 0
+            report = Path(argv[argv.index("--lab-report") + 1])
+            report.write_text("[]")
+
+        def communicate(self):
+            return "", ""
+
+    monkeypatch.setattr(cli.subprocess, "Popen", Recorder)
+    monkeypatch.delenv(cli.SERVER_ENV, raising=False)
+    lab_01 = course.load().lab("01")
+    cli.run_checks(lab_01, ["--solution"], verbose=False, server="http://127.0.0.1:8288")
+    cli.run_checks(lab_01, ["--solution"], verbose=False)
+    assert seen[0] is not None and seen[0][cli.SERVER_ENV] == "http://127.0.0.1:8288"
+    assert seen[1] is None or cli.SERVER_ENV not in seen[1]
+
+
+def test_server_option_refuses_what_is_not_a_url(tmp_path):
+    out = lab("check", "01", "--server", "localhost-8288", home=tmp_path)
+    assert out.returncode == 2, out.stdout
+    assert "--server wants an http(s) URL" in out.stdout
