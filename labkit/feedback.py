@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 from dataclasses import dataclass, field
 
 
@@ -44,6 +45,9 @@ def tail(text: str, lines: int = 15) -> str:
 
 TRACEBACK_HEAD = "Traceback (most recent call last):"
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(: .*)?$")  # "psycopg.errors.UndefinedTable: relation ..."
+FRAME_LINE = re.compile(r'^\s*File "([^"]+)", line (\d+)')
+# Raised before any of the module ran: the traceback's last frame is the file and line that did not parse.
+PARSE_ERRORS = ("SyntaxError", "IndentationError", "TabError")
 # Words that, in the exception line, mean a client could not reach its server (not merely that the
 # word "connection" appears somewhere in a log: a file path, a variable, a hint).
 UNREACHABLE = ("connection refused", "could not connect", "connection failed", "connecterror",
@@ -52,28 +56,40 @@ UNREACHABLE = ("connection refused", "could not connect", "connection failed", "
 
 
 def student_error(log: str) -> str | None:
-    """The last exception of a Python traceback in a log, if any ("SyntaxError: ...",
+    """The last exception of a Python traceback in a log, if any ("SyntaxError: ... (activities.py:42)",
     "psycopg.errors.ActiveSqlTransaction: ..."): the first unindented line after a traceback's
-    frames, whatever the exception's name ends with. A log with no traceback: its last line whose
-    first word names an error ("FooError: ...", "...Exception", "...Exit", "...Interrupt")."""
+    frames, whatever the exception's name ends with; a file that did not parse is named with its
+    line. A log with no traceback: its last line whose first word names an error ("FooError: ...", "...Exception", "...Exit", "...Interrupt")."""
     found = None
     in_traceback = False
+    frame = None  # (file, line) of the traceback's last frame
     for line in log.splitlines():
         if line.startswith(TRACEBACK_HEAD):
-            in_traceback = True
+            in_traceback, frame = True, None
             continue
         if in_traceback:
             if not line.strip() or line[:1] in (" ", "\t"):
+                where = FRAME_LINE.match(line)
+                if where:
+                    frame = (where.group(1), int(where.group(2)))
                 continue  # a frame, its source line, or a caret line
             in_traceback = False
             if EXCEPTION_LINE.match(line.rstrip()):
                 found = line.strip()
+                if frame and found.split(":", 1)[0].rsplit(".", 1)[-1] in PARSE_ERRORS:
+                    found += f" ({Path(frame[0]).name}:{frame[1]})"  # where Python stopped reading
             continue
         stripped = line.strip()
         head = stripped.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Interrupt", "Exit")) and " " not in head:
             found = stripped
     return found
+
+
+def parse_error(log: str) -> str | None:
+    """The student_error() of a log whose last exception says a file did not parse, else None."""
+    error = student_error(log)
+    return error if error and error.split(":", 1)[0].rsplit(".", 1)[-1] in PARSE_ERRORS else None
 
 
 def unreachable(log: str) -> str | None:

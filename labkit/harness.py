@@ -19,7 +19,7 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
 from . import attribution, limits, proc, temporal
-from .feedback import CheckFailed, student_error, tail, unfinished
+from .feedback import CheckFailed, parse_error, student_error, tail, unfinished
 
 
 BENIGN_TASK_FAILURES = {
@@ -94,10 +94,7 @@ class WorkerHarness:
                     f"Your worker exited before it started polling: {error}",
                     observed=f"`python -m {self.target.module('worker')}` stopped with exit status {worker.returncode}",
                     expected="a worker that keeps polling its task queue until it is stopped",
-                    revisit=limits.explain(worker.returncode, log) or
-                            "Fix the error above (run the worker yourself from the lab folder to see it "
-                            "whole). A missing name usually means something the worker imports is not "
-                            "defined yet.",
+                    revisit=limits.explain(worker.returncode, log) or start_error_advice(log),
                     details=tail(log))
             fresh = await temporal.pollers(client, self.task_queue) - set(known)
             if fresh:
@@ -187,6 +184,20 @@ class WorkerHarness:
         self.stop_all()
         if self.replay is not None:
             self.replay.close()
+
+
+def start_error_advice(log: str) -> str:
+    """What to revisit when the worker died before polling: a file that does not parse is not a
+    missing name, and the fix is in that file and line."""
+    unparsed = parse_error(log)
+    if unparsed:
+        where = re.search(r"\(([^()]+):(\d+)\)$", unparsed)
+        file, line = where.groups() if where else ("the file", "named above")
+        return (f"Python could not parse {file}, so none of it ran (a syntax error is found before any "
+                f"code runs, not by the check): fix line {line} (`python -m py_compile {file}` in the "
+                "lab folder shows the same error).")
+    return ("Fix the error above (run the worker yourself from the lab folder to see it whole). A "
+            "missing name usually means something the worker imports is not defined yet.")
 
 
 def stuck_importing(worker, root: Path) -> tuple[str, int, str] | None:
