@@ -23,7 +23,23 @@ def open_postgres(url: str) -> Iterator[PostgresSaver]:
         yield saver
 
 
+class NamespacedSqliteSaver(SqliteSaver):
+    """SqliteSaver whose get_tuple always names the checkpoint namespace, as PostgresSaver's does.
+
+    Asked for a config with a checkpoint_id, langgraph-checkpoint-sqlite 3.1 hands that config back
+    as given, without "checkpoint_ns"; its put() then fails with KeyError: 'checkpoint_ns' when
+    update_state(get_state(<a past checkpoint>).config, ...) forks from it (`cli fork --sqlite`).
+    """
+
+    def get_tuple(self, config):
+        found = super().get_tuple(config)
+        if found is None or "checkpoint_ns" in found.config.get("configurable", {}):
+            return found
+        configurable = {**found.config["configurable"], "checkpoint_ns": config["configurable"].get("checkpoint_ns", "")}
+        return found._replace(config={**found.config, "configurable": configurable})
+
+
 @contextmanager
 def open_sqlite(path: str | Path) -> Iterator[SqliteSaver]:
-    with SqliteSaver.from_conn_string(str(path)) as saver:  # creates its tables on first use
+    with NamespacedSqliteSaver.from_conn_string(str(path)) as saver:  # creates its tables on first use
         yield saver
