@@ -287,7 +287,8 @@ def grade(
         def advance(result) -> None:
             bar.advance(task)
             bar.console.print(f"{result.submission} lab{result.lab.id}: {result.score}/{result.max_score}"
-                              + (f"  ({result.error})" if result.error else ""))
+                              + (f"  ({result.error})" if result.error else "")
+                              + f"  [graded {result.graded_shown}]", markup=False)
 
         try:
             results = grading.grade(found, chosen, jobs=jobs, out=out, time_limit=time_limit, progress=advance)
