@@ -94,6 +94,9 @@ def run(root: Path, labs: str | None = None) -> dict:
             futures = [pool.submit(grading.grade_one, submission, lab, Path(tmp) / lab.id, time_limit,
                                    results_dir / "logs" / f"lab{lab.id}.log") for lab in chosen]
             results = [future.result() for future in futures]
+        for result in results:  # the run's stdout (the instructor's view in Gradescope)
+            print(f"lab{result.lab.id}: {result.score}/{result.max_score}, graded {result.graded_shown}",
+                  flush=True)
         data = grading.gradescope_results(results)
     except Exception as exc:  # never leave Gradescope without a results.json
         data = {"score": 0, "execution_time": round(time.monotonic() - started, 2), "visibility": "visible",

@@ -68,6 +68,7 @@ class LabResult:
     submission: str
     lab: Lab
     folder: Path | None
+    root: Path | None = None  # the submission's folder
     checks: list[CheckResult] = field(default_factory=list)
     error: str = ""  # the lab could not be graded at all (missing folder, time limit)
     duration: float = 0.0
@@ -79,6 +80,21 @@ class LabResult:
     @property
     def score(self) -> int:
         return sum(c.points for c in self.checks)
+
+    @property
+    def graded_folder(self) -> str:
+        """The folder graded, inside the submission ("repo-main/labs/lab01_temporal_crash"; "." when
+        the submission is the lab folder's files; "" when none was found)."""
+        if self.folder is None:
+            return ""
+        return self.folder.relative_to(self.root).as_posix() if self.root and \
+            self.folder.is_relative_to(self.root) else str(self.folder)
+
+    @property
+    def graded_shown(self) -> str:
+        """graded_folder for a person: where in the submission the graded files were."""
+        return {"": "nothing (no lab folder found)", ".": "the files at the submission's top"}.get(
+            self.graded_folder, self.graded_folder)
 
     @property
     def max_score(self) -> int:
@@ -192,10 +208,15 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     after which they differ is not graded."""
     started = time.monotonic()
     pristine = pristine or pristine_snapshot()
-    result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab))
+    result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab),
+                       root=submission)
     if result.folder is None:
         result.error = f"no folder labs/{lab.slug} in the submission"
         result.checks = not_graded(lab, result.error)
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(f"lab {lab.id}: {result.error} (looked for labs/{lab.slug}, {lab.slug}, "
+                                "either one a level down, or the starter's files at the top)\n")
         return result
     workdir.mkdir(parents=True, exist_ok=True)
     graded = workdir / "submitted" / lab.slug  # a snapshot: regular files only, never a symlink
@@ -238,7 +259,8 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     changed = pristine.changes(pristine_snapshot(), relative_to=REPO)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        note = f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
+        note = f"lab {lab.id} of submission {submission.name}: graded {result.graded_shown}\n"
+        note += f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
         note += f"{result.note}\n" if result.note else ""
         note += "".join(f"left running after the checks (killed): {line}\n" for line in escaped)
         log_path.write_bytes(note.encode() + (output or b""))
@@ -270,7 +292,8 @@ def _listed(paths: list[str], shown: int = 4) -> str:
 
 def _stopped(submission: Path, lab: Lab, spoiler: LabResult) -> LabResult:
     """A run not started: an earlier run changed the files every later verdict would depend on."""
-    result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab))
+    result = LabResult(submission=submission.name, lab=lab, folder=find_lab_folder(submission, lab),
+                       root=submission)
     result.error = (f"not graded: grading stopped after the files the grader trusts changed "
                     f"({_listed(spoiler.trusted_changes)}, during {spoiler.submission}'s lab {spoiler.lab.id}); "
                     "restore them and grade again")
@@ -395,14 +418,15 @@ def write_reports(results: list[LabResult], labs: list[Lab], out: Path) -> None:
 def write_csv(results: list[LabResult], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["submission", "lab", "score", "max", "failed_checks"])
+        # graded_folder last: the columns before it keep their places for existing spreadsheets
+        writer.writerow(["submission", "lab", "score", "max", "failed_checks", "graded_folder"])
         for r in results:
             reasons = [f"{c.name}: {c.reason}" for c in r.checks if not c.passed and not c.blocked]
             blocked = sum(c.blocked for c in r.checks)
             if blocked:
                 reasons.append(f"{blocked} more not checked (the run they inspect did not finish)")
             failed = "; ".join(reasons)
-            writer.writerow([r.submission, r.lab.id, r.score, r.max_score, failed])
+            writer.writerow([r.submission, r.lab.id, r.score, r.max_score, failed, r.graded_folder])
 
 
 def write_junit(submission: str, results: list[LabResult], path: Path) -> None:
@@ -435,7 +459,9 @@ def gradescope_results(results: list[LabResult]) -> dict:
             tests.append({"name": f"lab{r.lab.id} {c.name}", "score": c.points, "max_score": c.max_points,
                           "status": "passed" if c.passed else "failed", "output": output,
                           "visibility": "visible"})
-    summary = "\n".join(f"lab{r.lab.id}: {r.score}/{r.max_score}" + (f" ({r.error})" if r.error else "")
+    summary = "\n".join(f"lab{r.lab.id}: {r.score}/{r.max_score}"
+                        + f" (graded {r.graded_shown})"
+                        + (f" ({r.error})" if r.error else "")
                         + (f"\n  {r.note}" if r.note else "") for r in results)
     return {"score": sum(r.score for r in results), "max_score": sum(r.max_score for r in results),
             "execution_time": round(sum(r.duration for r in results), 2), "output": summary,
