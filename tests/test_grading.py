@@ -143,6 +143,9 @@ def test_grading_a_class_gives_every_format(tmp_path):
     assert failed_checks(bob) == ["crash-resume"], bob
     assert "TODO(lab01)" in bob["failed_checks"] and "6 more not checked" in bob["failed_checks"], bob
     assert "\n" not in bob["failed_checks"]
+    # which folder of each submission was graded
+    assert {name: row["graded_folder"] for name, row in rows.items()} == {
+        "ada": f"labs/{LAB01.slug}", "bob": f"labs/{LAB01.slug}", "cy": "", "dee": LAB01.slug}, rows
     cy = rows["cy"]
     assert (cy["score"], cy["max"]) == ("0", str(MAX))
     # the missing folder is the first check's reason; the others were not checked, not failed
@@ -200,6 +203,34 @@ def test_grading_a_class_gives_every_format(tmp_path):
 
     # the instructor keeps each run's pytest output
     assert (graded.out / "logs" / "bob-lab01.log").read_text().strip()
+
+
+def test_a_syntax_error_is_reported_with_its_file_and_line_and_the_graded_folder_is_named(tmp_path):
+    """Given a submission uploaded as a zip of a clone (repo-main/labs/lab01_...) whose activities.py
+    does not parse (the syntax_error variant),
+    When `lab grade` grades it,
+    Then grades.csv names the folder it graded and gives the error with activities.py:LINE, the log
+    and Gradescope's output name the folder too, and the message teaches parsing, not missing names."""
+    variant = REPO / "tests" / "variants" / "lab01" / "syntax_error"
+    line = next(n for n, text in enumerate((variant / "activities.py").read_text().splitlines(), 1)
+                if "BUG(syntax_error)" in text)
+    submissions = tmp_path / "class"
+    shutil.copytree(variant, submissions / "zoe" / "repo-main" / "labs" / LAB01.slug, ignore=IGNORE)
+    graded = lab_grade(submissions, tmp_path / "out", "--labs", "01")
+    assert graded.returncode == 0, graded.describe()
+    row = graded.rows()["zoe"]
+    folder = f"repo-main/labs/{LAB01.slug}"
+    assert row["graded_folder"] == folder, row
+    assert row["score"] == "0" and failed_checks(row) == ["crash-resume"], row
+    assert f"SyntaxError: expected ':' (activities.py:{line})" in row["failed_checks"], row
+    assert f"[graded {folder}]" in graded.stdout, graded.describe()
+    log = (graded.out / "logs" / "zoe-lab01.log").read_text()
+    assert log.splitlines()[0] == f"lab 01 of submission zoe: graded {folder}", log[:500]
+    assert f"lab01: 0/{MAX} (graded {folder})" in graded.gradescope("zoe")["output"]
+    message = graded.junit("zoe").find("testsuite/testcase/failure").text
+    revisit = message.split("revisit:", 1)[1].split("details:", 1)[0]
+    assert "parse activities.py" in revisit and f"line {line}" in revisit, message
+    assert "missing name" not in revisit, message
 
 
 def test_the_time_limit_stops_a_hanging_submission_and_leaves_nothing(tmp_path):
