@@ -72,10 +72,11 @@ class ManagedProcess:
 
     def __init__(self, argv: Sequence[str], *, name: str, log_path: Path,
                  env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 detached: bool = False, student: bool = False):
+                 detached: bool = False, student: bool = False, pass_fds: Sequence[int] = ()):
         """detached=True: a background service meant to outlive this interpreter (`lab up`).
         student=True: the program runs student code: resource limits and, in a check session,
-        the write sandbox (labkit.limits)."""
+        the write sandbox (labkit.limits). pass_fds: file descriptors the program inherits (a
+        listening socket the course bound for a student server, which may not bind one itself)."""
         if student:  # tie what the program sends, and the activities it runs, to its code
             from . import attribution
 
@@ -94,6 +95,7 @@ class ManagedProcess:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None, cwd=cwd, preexec_fn=preexec,
+                pass_fds=tuple(pass_fds),
             )
         except BaseException:  # no such program, not executable, bad cwd: keep no open log behind
             self._log.close()
@@ -206,9 +208,9 @@ class ManagedProcess:
 
 def start(argv: Sequence[str], *, name: str, log_path: Path,
           env: Mapping[str, str] | None = None, cwd: Path | None = None,
-          detached: bool = False, student: bool = False) -> ManagedProcess:
+          detached: bool = False, student: bool = False, pass_fds: Sequence[int] = ()) -> ManagedProcess:
     return ManagedProcess(argv, name=name, log_path=log_path, env=env, cwd=cwd, detached=detached,
-                          student=student)
+                          student=student, pass_fds=pass_fds)
 
 
 def live() -> list[ManagedProcess]:
