@@ -50,7 +50,12 @@ def test_the_zip_holds_the_scripts_and_the_course_but_no_solutions(tmp_path):
                    "labkit/grade_plugin.py", "labkit/pytest_plugin.py", "labkit/llm/server.py",
                    "checks/conftest.py", LAB01.check, f"labs/{LAB01.slug}/worker.py"):
         assert needed in names, needed
-    assert not [n for n in names if n.startswith(("solutions/", "tests/", "notebooks/", ".git", ".venv"))]
+    assert not [n for n in names if n.startswith(("tests/", "notebooks/", ".git", ".venv"))]
+    # of solutions/, only the course's own files of the lab folder (what grading lays over a
+    # submission): never a file the student writes, never the README
+    course_files = {f"solutions/{LAB01.slug}/{name}" for name in LAB01.course_files}
+    assert f"solutions/{LAB01.slug}/worker.py" in course_files
+    assert {n for n in names if n.startswith("solutions/")} == course_files, names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert 'labs = ["01"]' in archive.read("autograder.toml").decode()
     for script in ("setup.sh", "run_autograder"):  # at least valid bash
@@ -116,3 +121,140 @@ def test_a_missing_submission_still_gives_gradescope_a_results_json(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "root" / "results" / "results.json").read_text())
     assert result["score"] == 0 and "no submission folder" in result["output"], result
+
+
+# --- the zip ships the committed starter, not the instructor's working tree --------------------------
+
+def course_tree(tmp_path: Path, name: str = "course") -> Path:
+    """A copy of the course (what the zip is built from, and solutions/), outside any git checkout."""
+    tree = tmp_path / name
+    tree.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".lab", ".pytest_cache")
+    for item in ("pyproject.toml", "requirements.lock", "README.md", "course.toml", "labkit", "checks",
+                 "gradescope", "labs", "solutions"):
+        source = REPO / item
+        if source.is_dir():
+            shutil.copytree(source, tree / item, ignore=ignore)
+        else:
+            shutil.copy2(source, tree / item)
+    return tree
+
+
+def git(tree: Path, *args: str) -> None:
+    done = subprocess.run(["git", "-c", "user.name=instructor", "-c", "user.email=i@example.org",
+                           "-c", "commit.gpgsign=false", *args], cwd=tree, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def solve(tree: Path, lab) -> None:
+    """What an instructor does in their clone: the lab's student files replaced by the reference's."""
+    for name in lab.edits:
+        shutil.copy2(tree / "solutions" / lab.slug / name, tree / "labs" / lab.slug / name)
+
+
+@pytest.fixture
+def outside_git(tmp_path, monkeypatch):
+    """git looks for a checkout no higher than tmp_path: the trees here are in one only if made so."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+
+
+def build_from(tree: Path, out: Path, labs: str = "01") -> tuple[zipfile.ZipFile, list[str]]:
+    from labkit.gradescope import build
+
+    said: list[str] = []
+    return zipfile.ZipFile(build(out, labs, repo=tree, report=said.append)), said
+
+
+def test_a_zip_built_from_a_clone_with_solved_labs_holds_the_committed_starter(tmp_path, outside_git):
+    """Given an instructor's clone (a git checkout) whose committed labs/ are the starters and whose
+    working tree has every lab solved,
+    When the zip is built,
+    Then each lab's student files in it are the committed starter's, not the solution's, and the
+    build says the working tree's changes were not shipped."""
+    from labkit import course
+
+    tree = course_tree(tmp_path)
+    labs = course.load(tree / "course.toml").labs
+    starter = {(lab.slug, name): (tree / "labs" / lab.slug / name).read_bytes() for lab in labs for name in lab.edits}
+    git(tree, "init", "-q")
+    git(tree, "add", ".")
+    git(tree, "commit", "-q", "-m", "the course")
+    for lab in labs:
+        solve(tree, lab)
+    assert (tree / "labs" / LAB01.slug / "activities.py").read_bytes() != starter[(LAB01.slug, "activities.py")]
+
+    archive, said = build_from(tree, tmp_path / "dist" / "autograder.zip", ",".join(lab.id for lab in labs))
+    for (slug, name), content in starter.items():
+        assert archive.read(f"labs/{slug}/{name}") == content, f"labs/{slug}/{name} is not the starter"
+        assert f"solutions/{slug}/{name}" not in archive.namelist()
+    assert any(line.startswith("labs/ (the starters) and the course's lab files: from git HEAD") for line in said), said
+    assert any(line.startswith("not shipped: your working tree's changes to labs/") for line in said), said
+    assert "from git HEAD" in archive.read("autograder.toml").decode()
+
+
+def test_a_committed_solution_is_refused(tmp_path, outside_git):
+    """Given a clone whose committed labs/lab01 is solved, When the zip is built, Then it is refused
+    with the reason and no zip is written (the CLI exits 2)."""
+    from labkit.gradescope import BuildError
+
+    tree = course_tree(tmp_path)
+    solve(tree, LAB01)
+    git(tree, "init", "-q")
+    git(tree, "add", ".")
+    git(tree, "commit", "-q", "-m", "solved")
+    with pytest.raises(BuildError, match=rf"labs/{LAB01.slug} in git HEAD .* is solved: activities.py, "
+                                         "workflows.py are the reference solution's"):
+        build_from(tree, tmp_path / "dist" / "autograder.zip")
+    assert not (tmp_path / "dist" / "autograder.zip").exists()
+
+
+def test_outside_git_the_working_tree_is_packed_with_a_warning_and_a_solved_lab_refused(tmp_path, outside_git):
+    """Given a copy of the course that is not a git checkout,
+    When the zip is built from its starters, Then it is built and the build warns where labs/ came from;
+    When lab 01 is solved there, Then the build is refused."""
+    from labkit.gradescope import BuildError
+
+    tree = course_tree(tmp_path)
+    archive, said = build_from(tree, tmp_path / "dist" / "autograder.zip")
+    assert archive.read(f"labs/{LAB01.slug}/activities.py") == (tree / "labs" / LAB01.slug / "activities.py").read_bytes()
+    assert any("not a git checkout" in line for line in said), said
+    solve(tree, LAB01)
+    with pytest.raises(BuildError, match="is solved"):
+        build_from(tree, tmp_path / "dist" / "again.zip")
+
+
+def test_the_readmes_local_recipe_runs_as_written(tmp_path):
+    """Given the zip unpacked into ROOT/source and a submission in ROOT/submission, in a folder that has
+    the course's .venv/ (as a clone does),
+    When the README's command runs there exactly as written (relative ROOT and LAB_PYTHON),
+    Then run_autograder grades the submission with the shipped course and writes ROOT/results/results.json."""
+    readme = (REPO / "README.md").read_text()
+    recipe = re.search(r"`(AUTOGRADER_ROOT=ROOT [^`]*run_autograder)`", readme)
+    assert recipe, "README.md no longer has the local Gradescope recipe"
+    here = tmp_path / "clone"
+    python = here / ".venv" / "bin" / "python"  # the course's interpreter, where the recipe expects it
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    with zipfile.ZipFile(build_zip(tmp_path, "--labs", "01")) as z:
+        z.extractall(here / "ROOT" / "source")
+    shutil.copytree(LAB01.starter_dir, here / "ROOT" / "submission" / "repo-main" / "labs" / LAB01.slug, ignore=IGNORE)
+    marker = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LAB_PATH", "TEMPORAL_ADDRESS", "PYTHONPATH", "AUTOGRADER_ROOT", "LAB_PYTHON")}
+    env[MARKER_ENV] = marker
+    done = subprocess.run(["bash", "-c", recipe.group(1)], cwd=here, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert not leftovers(marker), leftovers(marker)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"with the course at {here / 'ROOT' / 'source'}" in output, output
+    result = json.loads((here / "ROOT" / "results" / "results.json").read_text())
+    assert result["max_score"] == MAX and result["score"] == 0, result
+    assert "TODO(lab01)" in result["tests"][0]["output"], result
+    folder = f"repo-main/labs/{LAB01.slug}"
+    assert f"lab01: 0/{MAX} (graded {folder})" in result["output"], result  # which folder was graded
+    assert f"graded {folder}" in output, output
+    log = (here / "ROOT" / "results" / "logs" / "lab01.log").read_text()
+    assert log.splitlines()[0] == f"lab 01 of submission submission: graded {folder}", log[:300]
