@@ -78,6 +78,47 @@ def list_labs() -> None:
 SERVER_ENV = "LAB_SERVER_URL"  # `lab check NN --server URL`: a check that can use a real server reads it
 
 
+USE_RUNNING_ENV = "LAB_CHECK_USE_RUNNING"  # docs/decisions/check-servers.md
+
+
+def check_servers(environ: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+    """The environment a check runs with, and one line saying which servers it uses.
+
+    A check starts its own Temporal and PostgreSQL on free ports, whatever TEMPORAL_ADDRESS and
+    DATABASE_URL say (`eval "$(lab env)"` sets them for the student's own runs): its evidence is
+    then its own. LAB_CHECK_USE_RUNNING=1 opts in to the running servers (those variables, else
+    `lab up`'s), to watch the check's workflows in the Web UI. The course LLM is always the check's
+    own: the verdicts read its ledger."""
+    from .background import TEMPORAL_PORT, TEMPORAL_UI_PORT
+    from .postgres import status as running_postgres
+    from .services import port_open
+
+    env = dict(os.environ if environ is None else environ)
+    if env.get(USE_RUNNING_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        ignored = [name for name in ("TEMPORAL_ADDRESS", "DATABASE_URL") if env.pop(name, None)]
+        return env, ("servers: the check's own (Temporal, PostgreSQL, course LLM on free ports, stopped after)"
+                     + (f"; your shell's {' and '.join(ignored)} not used ({USE_RUNNING_ENV}=1 uses them)"
+                        if ignored else ""))
+    temporal = env.get("TEMPORAL_ADDRESS") or f"localhost:{TEMPORAL_PORT}"
+    host, _, port = temporal.rpartition(":")
+    if not port.isdigit() or not port_open(int(port), host or "127.0.0.1"):
+        console.print(f"[red]{USE_RUNNING_ENV}=1, but no Temporal answers at {temporal}[/red]: start "
+                      f"`lab up`, or unset {USE_RUNNING_ENV} and the check starts its own servers")
+        raise typer.Exit(2)
+    env["TEMPORAL_ADDRESS"] = temporal
+    used = [f"Temporal {temporal}"]
+    if temporal in (f"localhost:{TEMPORAL_PORT}", f"127.0.0.1:{TEMPORAL_PORT}") and port_open(TEMPORAL_UI_PORT):
+        used[0] += f" (its workflows in the Web UI, http://localhost:{TEMPORAL_UI_PORT})"
+    database = env.get("DATABASE_URL") or running_postgres()
+    if database:
+        env["DATABASE_URL"] = database
+        used.append(f"PostgreSQL {database} (its own databases there, dropped after)")
+    else:
+        used.append("its own PostgreSQL (none running)")
+    return env, (f"servers ({USE_RUNNING_ENV}=1): " + ", ".join(used)
+                 + "; the course LLM is the check's own (its ledger is the evidence)")
+
+
 def run_checks(lab: course.Lab, target_args: list[str], verbose: bool, server: str | None = None) -> list[dict]:
     """Run the lab's pytest checks in a child process and return the per-check records."""
     with tempfile.TemporaryDirectory(prefix="lab-check-") as tmp:
@@ -87,7 +128,7 @@ def run_checks(lab: course.Lab, target_args: list[str], verbose: bool, server: s
         if not verbose:
             argv += ["--no-header", "-rN", "--tb=no", "--disable-warnings"]
         pipe = None if verbose else subprocess.PIPE
-        env = {**os.environ, SERVER_ENV: server} if server else None
+        env = {**check_servers()[0], **({SERVER_ENV: server} if server else {})}
         child = subprocess.Popen(argv, cwd=REPO, stdout=pipe, stderr=pipe, text=True, env=env)
         try:
             stdout, stderr = child.communicate()
@@ -157,6 +198,7 @@ def check(
     if repeat > 1:
         raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose, server))
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown} … this takes a few seconds")
+    console.print(check_servers()[1], style="dim", markup=False)
     if server:
         console.print(f"with the server at {server} ({SERVER_ENV})", markup=False)
     ignored = lab.ignored_edits_note(target)
@@ -194,6 +236,7 @@ def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: in
     """Run the whole check `runs` times: one line per run, then a summary a flake hunt can quote."""
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown}, {runs} runs … a flake hunt: "
                   "every run must pass")
+    console.print(check_servers()[1], style="dim", markup=False)
     durations: list[float] = []
     failures: dict[str, list[int]] = {}
     first_message: dict[str, str] = {}
