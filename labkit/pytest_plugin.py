@@ -112,6 +112,22 @@ def lab_target(request, tmp_path_factory) -> LabTarget:
     return make_target(request.config, lab, tmp_path_factory.mktemp(lab.slug))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def services_available(request):
+    """A check module whose lab needs a service this machine lacks (course.toml `services`, e.g. the
+    Restate server without Node.js) reports every check NOT CHECKED with the service's own reason.
+    Module scope and autouse: it runs before the module's scenario fixture."""
+    lab_id = getattr(request.module, "LAB", None)
+    if not isinstance(lab_id, str):
+        return
+    from .services import unavailable
+
+    for service in course.load().lab(lab_id).services:
+        reason = unavailable(service)
+        if reason:
+            raise NotChecked(f"not checked: {reason}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def student_sandbox(tmp_path_factory):
     """Student processes started in this session may write only under its temp dirs (labkit.limits),

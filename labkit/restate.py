@@ -246,6 +246,7 @@ class RestateServer:
                                           "FROM sys_journal ORDER BY id, index")
                 if row["id"] == invocation_id]
         for row in rows:
+            row.setdefault("name", None)  # the SQL API leaves out NULL columns
             with contextlib.suppress(TypeError, ValueError):
                 row["entry_json"] = json.loads(row.get("entry_json") or "null")
         return rows

@@ -286,3 +286,22 @@ class ServerLedger:
         if response.status_code != 200:
             raise ServiceError(f"the course LLM did not give its ledger ({response.status_code}): {response.text}")
         return [LedgerEntry(**entry) for entry in response.json()]
+
+
+# Services whose program may be missing on a machine that installed the course (a binary from
+# another package manager): each name (course.toml `services`) maps to a function that says why the
+# service cannot run here, or None. A check of a lab that needs a missing one is NOT CHECKED, with
+# that reason (labkit.pytest_plugin), never failed or passed.
+def _restate_unavailable() -> str | None:
+    from .restate import unavailable
+
+    return unavailable()
+
+
+AVAILABILITY = {"restate": _restate_unavailable}
+
+
+def unavailable(service: str) -> str | None:
+    """Why `service` (a course.toml `services` name) cannot run on this machine, or None."""
+    probe = AVAILABILITY.get(service)
+    return probe() if probe else None
