@@ -1,0 +1,62 @@
+"""One pod of the batch: `python -m lab10_capstone.pod naive|langgraph|temporal` (course-provided).
+
+A pod is a process that works on the batch until it is done or evicted (SIGKILL). Started again,
+on another host with the same store, it must carry on where the batch is, not where it began.
+For Temporal the pod runs a worker and, beside it, your run_batch (which starts or finds the
+batch's workflow and waits for it).
+
+Configuration from the environment: LAB10_QUESTIONS, LAB10_BATCH_ID, LAB10_QUESTIONS_PER_RUN,
+DATABASE_URL, COURSE_WEB_URL, OPENAI_BASE_URL / OPENAI_API_KEY, TEMPORAL_ADDRESS, TEMPORAL_TASK_QUEUE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from .models import Batch
+
+RUNTIMES = ("naive", "langgraph", "temporal")
+
+
+async def run_temporal(batch: Batch) -> None:
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from .activities import ACTIVITIES
+    from .workflows import WORKFLOWS, run_batch
+
+    client = await Client.connect(os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
+                                  namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    task_queue = os.environ.get("TEMPORAL_TASK_QUEUE", "lab10-capstone")
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=ACTIVITIES,
+                          activity_executor=executor):
+            await run_batch(client, batch, task_queue)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runtime", choices=RUNTIMES)
+    runtime = parser.parse_args().runtime
+    batch = Batch.from_env()
+    print(f"POD {os.getpid()} runtime={runtime} batch={batch.batch_id} questions={len(batch.questions)}", flush=True)
+    if runtime == "naive":
+        from .naive import run_batch
+
+        run_batch(batch)
+    elif runtime == "langgraph":
+        from .graph_batch import run_batch
+
+        run_batch(batch)
+    else:
+        asyncio.run(run_temporal(batch))
+    print(f"DONE {os.getpid()} runtime={runtime} batch={batch.batch_id}", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
