@@ -1,0 +1,442 @@
+"""Lab 08 autograder: the §64.2.2 research agent as an Inngest function whose steps are memoized,
+retried alone, fanned out for real, and that announces its report exactly once.
+
+This lab runs on an in-process executor, not on an Inngest server: the course's executor.py, a copy
+of the SDK's own `inngest.experimental.mocked.trigger` loop that runs parallel steps at once and
+counts attempts per step, as a server does (docs/decisions/inngest-executor.md). It runs inside the
+student's process (the course's runner.py, under labkit.attribution), so every request the function
+makes reaches the course LLM and the course web with the step that made it.
+
+Scenario, run once for the module: one REQUESTED event with a topic, a page count and a run id drawn
+for this run. Against the course web (search + pages, every fetch in its ledger) and the course LLM:
+- every page is *held* (it trickles and never ends) until the fetches in flight are as many as the
+  steps the executor has running, so the fan-out's width is read from the web's ledger, not a clock;
+- one page, drawn per run, answers its first fetch with HTTP 503;
+- the LLM answers the run's first summarize request with HTTP 500, then a reply made for this run.
+Evidence, all from outside the student's code: the web's and the LLM's ledgers (each request with the
+step that sent it, labkit.attribution), and the executor's trace (each call of the function body,
+each step attempt, each event sent).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labkit import course, proc
+from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+from labkit.services import CourseLLM
+from labkit.web import DEFAULT_CORPUS, WebEntry, load_corpus, rank
+
+LAB = "08"
+COMPLETED = "lab08/research.completed"  # as in the lab's models.py (a course file)
+SUMMARY_TAG = "[lab08 summarize]"
+NOTICE = ("This lab runs on the SDK's in-process executor (the course's copy of "
+          "inngest.experimental.mocked), not on an Inngest server.")
+HOLD_CHUNK_MS = 200  # a held page sends a byte every 0.2 s for as long as it is held
+# Hang guards, not verdicts: a right program finishes long before; a wrong one that never does is stopped.
+RELEASE_HANG_S = 300.0
+RUN_HANG_S = 300.0
+
+CORPUS, _ = load_corpus([DEFAULT_CORPUS])
+TOPICS = sorted({doc.topic for doc in CORPUS.values()
+                 if sum(d.topic == doc.topic for d in CORPUS.values()) >= 3})
+
+REVISIT_MEMO = ("§64.2.2 says a failed function \"resumes from that point\": it does not resume, it is called "
+                "again from the top for every step, and only what ctx.step.run returns is memoized. Code "
+                "outside step.run runs again on every call, so every side effect (a search, a download, an "
+                "LLM call, an event) belongs inside a step, and the rest of the body must be deterministic.")
+REVISIT_PARALLEL = ("The text's \"parallel fan-out\" awaits each step.run inside a for loop: one page at a time. "
+                    "Plan them together: `await ctx.group.parallel(tuple(lambda u=u: ctx.step.run(f\"fetch-...\", "
+                    "fetch_page, u) for u in urls))`; the server (and this executor) then runs them at once.")
+REVISIT_RETRY = ("A step is retried when its function raises. Let the failure out of the step (raise_for_status(), "
+                 "no try/except that returns a default), and give the OpenAI client max_retries=0: Inngest owns "
+                 "retries, and it retries only the step that failed.")
+REVISIT_EVENT = ("Send the completion event with `await ctx.step.send_event(\"step-id\", inngest.Event(name=..., "
+                 "data=...))`: as a step it is memoized, so it goes out once however many times the body runs. "
+                 "(The text's `step.send_event(\"research/completed\", data=...)` is a TypeError in inngest 0.5.)")
+
+
+@dataclass
+class Run:
+    run_id: str
+    topic: str
+    max_pages: int
+    key: str
+    slugs: list[str]  # the pages the search returns, in rank order
+    failing_slug: str  # answers its first fetch with 503
+    reply: str  # what the LLM answers this run's summarize request with
+    base_url: str = ""
+    exit_code: int | None = None
+    log: str = ""
+    outcome: dict[str, Any] | None = None
+    trace: list[dict] = field(default_factory=list)
+    fetches: list[WebEntry] = field(default_factory=list)
+    searches: list[WebEntry] = field(default_factory=list)
+    llm: list[Any] = field(default_factory=list)
+    overlap: int = 0  # fetches in flight at once when the held pages were released
+    steps_in_flight: list[str] = field(default_factory=list)  # the executor's running steps then
+    release_reason: str = ""
+    hung: str = ""
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"{self.base_url}/doc/{slug}" for slug in self.slugs]
+
+    @property
+    def completed(self) -> bool:
+        return bool(self.outcome) and self.outcome.get("status") == "completed"
+
+    @property
+    def body_calls(self) -> int:
+        return sum(r["event"] == "body" for r in self.trace)
+
+    @property
+    def sent(self) -> list[dict]:
+        return [r for r in self.trace if r["event"] == "sent"]
+
+
+def step_of(origin: dict | None) -> dict | None:
+    activity = (origin or {}).get("activity") or {}
+    return activity if activity.get("type") == "inngest-step" else None
+
+
+def read_trace(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def running_steps(trace: list[dict]) -> list[str]:
+    """The steps the executor has dispatched and not finished (each may be between attempts)."""
+    running: list[str] = []
+    for record in trace:
+        if record["event"] == "dispatch":
+            running += record["steps"]
+        elif record["event"] == "step-done" and record["step"] in running:
+            running.remove(record["step"])
+    return running
+
+
+# --- the scenario --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def course_llm(tmp_path_factory):
+    """The course LLM for this module (no Temporal needed): its own ledger, always stopped."""
+    llm = CourseLLM(tmp_path_factory.mktemp("lab08-llm"), rules_files=[course.COURSE_TOML])
+    try:
+        llm.launch()
+        yield llm
+    finally:
+        llm.stop()
+
+
+def draw_run() -> Run:
+    rng = random.Random()
+    topic = rng.choice(TOPICS)
+    available = len(rank(CORPUS, topic, 10))
+    max_pages = rng.randint(2, min(4, available))
+    slugs = [doc.slug for doc in rank(CORPUS, topic, max_pages)]
+    nonce = uuid.uuid4().hex[:10]
+    return Run(run_id=f"run-{uuid.uuid4().hex[:8]}", topic=topic, max_pages=max_pages,
+               key=f"lab-08-{uuid.uuid4().hex[:8]}", slugs=slugs, failing_slug=rng.choice(slugs),
+               reply=f"Report {nonce}: the {len(slugs)} sources on {topic} agree on the essentials and "
+                     f"differ on cost; see [1]-[{len(slugs)}].")
+
+
+@pytest.fixture(scope="module")
+def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
+    web = web_launched.wait_ready()
+    llm = course_llm.wait_ready()
+    run = draw_run()
+    run.base_url = web.url_for(run.key)
+    workdir = tmp_path_factory.mktemp("lab08-run")
+    trace_path = workdir / "trace.jsonl"
+    for slug in run.slugs:
+        extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
+        web.set_behaviour(slug, caller=run.key, hold=True, chunk_ms=HOLD_CHUNK_MS, **extra)
+    llm.push_rules([{"name": f"lab08-{run.key}", "match": re.escape(f"{SUMMARY_TAG} run: {run.run_id}"),
+                     "fail_first": 1, "fail_status": 500, "reply": run.reply}])
+    env = lab_target.python_env(COURSE_WEB_URL=run.base_url, OPENAI_BASE_URL=llm.base_url,
+                                OPENAI_API_KEY=run.key, LAB08_TRACE=str(trace_path),
+                                HOME=str(workdir / "home"))
+    (workdir / "home").mkdir()
+    argv = [sys.executable, "-m", lab_target.module("runner"), "--topic", run.topic,
+            "--max-pages", str(run.max_pages), "--run-id", run.run_id, "--trace", str(trace_path)]
+    process = proc.start(argv, name="lab08-run", log_path=workdir / "run.log", env=env, cwd=workdir, student=True)
+    ledger = web.ledger()
+    try:
+        released = False
+        deadline = time.monotonic() + RELEASE_HANG_S
+        while process.alive and not released:
+            fetches = ledger.fetches(run.key)
+            in_flight = [f for f in fetches if f.outcome == "started"]
+            steps = running_steps(read_trace(trace_path))
+            outside = [f for f in in_flight if step_of(f.origin) is None]
+            if in_flight and (outside or len(in_flight) >= len(steps)):
+                run.overlap, run.steps_in_flight = len(in_flight), steps
+                run.release_reason = "fetch outside a step" if outside else "every running step is fetching"
+                released = True
+            elif time.monotonic() > deadline:
+                run.hung = (f"the held pages were never released: {len(in_flight)} fetch(es) in flight while the "
+                            f"executor ran the steps {steps}")
+                break
+            else:
+                time.sleep(0.05)
+        for slug in run.slugs:  # release: every page answers whole from now on (the 503 stays for a first fetch)
+            extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
+            web.set_behaviour(slug, caller=run.key, **extra)
+        if process.wait(RUN_HANG_S) is None and not run.hung:
+            run.hung = f"the run was still going {RUN_HANG_S:.0f} s after the pages were released"
+    finally:
+        process.stop()
+    run.exit_code = process.returncode
+    run.log = process.output()
+    for line in reversed(run.log.splitlines()):
+        if line.startswith("{"):
+            try:
+                run.outcome = json.loads(line)
+                break
+            except ValueError:
+                continue
+    run.trace = read_trace(trace_path)
+    run.fetches = ledger.fetches(run.key)
+    run.searches = [e for e in ledger.entries(caller=run.key) if e.kind == "search"]
+    run.llm = llm.ledger().entries(caller=run.key)
+    return run
+
+
+def completed(run: Run) -> Run:
+    if not run.completed:
+        raise NotChecked(f"not checked: the run did not complete (see runs-to-completion). {NOTICE}")
+    return run
+
+
+def where(entries) -> str:
+    parts = []
+    for e in entries:
+        step = step_of(e.origin)
+        label = f"step {step['id']!r} attempt {step['attempt']}" if step else "outside any step"
+        status = getattr(e, "status", "")
+        parts.append(f"{getattr(e, 'slug', None) or 'llm'} {status} from {label}")
+    return "; ".join(parts) or "none"
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+@pytest.mark.check("runs-to-completion")
+def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
+    """Given a REQUESTED event with a topic, a page count and a run id drawn for this run,
+    When the course's in-process executor drives the student's research_agent to its end,
+    Then the run completes (a page's 503 and the LLM's 500 are retried, not fatal)."""
+    run = scenario
+    evidence.update(executor="in-process (not a server)", body_calls=run.body_calls, pages=run.max_pages)
+    if run.hung:
+        raise CheckFailed(f"The run did not finish: {run.hung}. {NOTICE}",
+                          observed=run.hung, expected="the run completes once the held pages are released",
+                          details=tail(run.log))
+    if run.completed:
+        return
+    error = (run.outcome or {}).get("error") or student_error(run.log) or f"exit status {run.exit_code}"
+    if todo := unfinished(error + "\n" + run.log, LAB):
+        todo.observed += f". {NOTICE}"
+        raise todo
+    observed = f"the run failed: {error}"
+    if "StepUnexpectedError" in error or "when targeting a different step" in error:
+        raise CheckFailed(
+            f"A step id changed between calls of the function body, so the executor could not find the step "
+            f"it had planned. {NOTICE}",
+            observed=observed,
+            expected="the same step ids in the same order on every call of the body",
+            revisit="The body is called again from the top for every step; each call must plan the same steps. "
+                    "Derive step ids from the input (the page's URL), never from uuid, random or the clock, and "
+                    "keep anything random inside a step. " + REVISIT_MEMO,
+            details=tail(run.log))
+    if "required positional argument: 'step'" in error:
+        raise CheckFailed(f"The handler takes the text's (ctx, step). {NOTICE}", observed=observed,
+                          expected="`async def research_agent(ctx: inngest.Context)`; steps are ctx.step",
+                          revisit="inngest 0.5 calls the handler with ctx only (§64.2.2's signature is wrong).",
+                          details=tail(run.log))
+    if "unexpected keyword argument 'data'" in error:
+        raise CheckFailed(f"send_event was called the text's way. {NOTICE}", observed=observed,
+                          expected="ctx.step.send_event(step_id, inngest.Event(name=..., data=...))",
+                          revisit=REVISIT_EVENT, details=tail(run.log))
+    raise CheckFailed(f"The run did not complete on the executor. {NOTICE}", observed=observed,
+                      expected="status completed, with the report as the function's return value",
+                      revisit="Run it by hand (README, \"Run it by hand\") and read the error; a step that raises "
+                              "is retried, an error in the body outside steps fails the run.",
+                      details=tail(run.log))
+
+
+@pytest.mark.check("side-effects-in-steps")
+def test_every_request_comes_from_inside_a_step(scenario, evidence):
+    """Given the run, When the web's and the LLM's ledgers are read with the code that sent each request,
+    Then every search, page fetch and LLM call was made inside a ctx.step.run (code outside a step runs
+    again on every call of the body)."""
+    run = completed(scenario)
+    outside = [e for e in [*run.searches, *run.fetches, *run.llm] if step_of(e.origin) is None]
+    evidence.update(requests=len(run.searches) + len(run.fetches) + len(run.llm), outside_steps=len(outside))
+    if outside:
+        kinds: dict[str, int] = {}
+        for e in outside:
+            what = getattr(e, "kind", None) or "LLM call"
+            kinds[what] = kinds.get(what, 0) + 1
+        listed = ", ".join(f"{what} x{n}" for what, n in kinds.items())
+        raise CheckFailed(
+            f"Side effects ran outside step.run, once per call of the function body: {listed} "
+            f"(the body was called {run.body_calls} times). Memoization covers step results only. {NOTICE}",
+            observed=f"{len(outside)} request(s) with no step behind them: {where(outside[:6])}",
+            expected="every request made by a function that ctx.step.run runs",
+            revisit=REVISIT_MEMO)
+
+
+@pytest.mark.check("steps-memoized")
+def test_each_side_effect_happens_once(scenario, evidence):
+    """Given the run, in which one page fetch and the LLM call failed once and were retried,
+    When the ledgers are counted, Then the search ran once, every page was fetched once (the failing page
+    twice: its failure and its retry), and the LLM was asked twice (its 500 and the retry): a retry or a
+    later step never repeats a finished step's side effect."""
+    run = completed(scenario)
+    counts = {slug: sum(f.slug == slug for f in run.fetches) for slug in run.slugs}
+    expected = {slug: 2 if slug == run.failing_slug else 1 for slug in run.slugs}
+    evidence.update(searches=len(run.searches), fetches=len(run.fetches), llm_calls=len(run.llm))
+    problems = []
+    if len(run.searches) != 1:
+        problems.append(f"search ran {len(run.searches)} times ({where(run.searches)})")
+    for slug in run.slugs:
+        if counts[slug] > expected[slug]:
+            pages = [f for f in run.fetches if f.slug == slug]
+            problems.append(f"{slug} fetched {counts[slug]} times ({where(pages)})")
+    ok_llm = [e for e in run.llm if e.ok]
+    if len(ok_llm) > 1:
+        problems.append(f"the LLM answered {len(ok_llm)} summarize requests ({where(run.llm)})")
+    if problems:
+        repeated_by = {s["id"] for e in [*run.searches, *run.fetches, *run.llm] if (s := step_of(e.origin))}
+        raise CheckFailed(
+            f"A finished side effect happened again: {'; '.join(problems)}. {NOTICE}",
+            observed="; ".join(problems),
+            expected="search once; each page once (the 503 page twice); the LLM once after its 500",
+            revisit="One side effect per step: a step that fetches every page and then summarizes re-fetches "
+                    "them all when the summary is retried. Give each page and the LLM call a step of its own, "
+                    f"with an id that stays the same (steps seen: {sorted(repeated_by)}). " + REVISIT_MEMO)
+
+
+@pytest.mark.check("failed-step-retried")
+def test_a_failed_step_is_retried_alone(scenario, evidence):
+    """Given a page that answers its first fetch with 503 and an LLM that answers the first summarize with 500,
+    When the run completes, Then each failure failed its step's attempt and the same step ran again
+    (attempt 0, then 1): the retry came from the executor, not from a loop or a client retrying inside it."""
+    run = completed(scenario)
+    page = [f for f in run.fetches if f.slug == run.failing_slug]
+    evidence.update(failing_page=run.failing_slug, page_fetches=len(page), llm_calls=len(run.llm))
+    for what, entries, failed in (("page " + run.failing_slug, page, lambda e: e.status == 503),
+                                  ("LLM summarize", run.llm, lambda e: e.status == 500)):
+        steps = [step_of(e.origin) for e in entries]
+        if len(entries) < 2 or not failed(entries[0]):
+            raise CheckFailed(
+                f"The {what} failed once and was never tried again, yet the run completed: the failure was "
+                f"swallowed inside the step. {NOTICE}",
+                observed=f"{len(entries)} request(s): {where(entries)}",
+                expected="the failed request, then the same step's retry (attempt 1) that succeeds",
+                revisit=REVISIT_RETRY)
+        attempts = [(s or {}).get("attempt") for s in steps[:2]]
+        ids = {(s or {}).get("id") for s in steps[:2]}
+        if attempts[0] == attempts[1] and len(ids) == 1:
+            raise CheckFailed(
+                f"The {what} was retried inside one step attempt (by the HTTP/OpenAI client or a loop), so "
+                f"the executor never saw the failure. {NOTICE}",
+                observed=where(entries[:2]),
+                expected="attempt 0 fails, attempt 1 of the same step succeeds",
+                revisit=REVISIT_RETRY)
+        if len(ids) != 1:
+            raise CheckFailed(f"The {what}'s retry came from another step than its failure. {NOTICE}",
+                              observed=where(entries[:2]), expected="the same step id, attempts 0 and 1",
+                              revisit=REVISIT_RETRY)
+
+
+@pytest.mark.check("parallel-fan-out")
+def test_pages_are_fetched_at_once(scenario, evidence):
+    """Given every page held (it trickles and does not end) until the fetches in flight are as many as the
+    steps the executor is running, When the pages are released, Then every page was in flight at once:
+    the fan-out is ctx.group.parallel, not a loop that awaits each step."""
+    run = completed(scenario)
+    evidence.update(pages=len(run.slugs), in_flight_at_once=run.overlap)
+    if run.overlap < len(run.slugs):
+        planned_together = any(r["event"] == "dispatch" and len(r["steps"]) >= len(run.slugs) for r in run.trace)
+        if planned_together:
+            raise CheckFailed(
+                f"The page steps were planned together, but only {run.overlap} of {len(run.slugs)} downloads were "
+                f"in flight at once: a blocking call inside an async step holds the event loop. {NOTICE}",
+                observed=f"{run.overlap} fetch(es) in flight while the executor ran {run.steps_in_flight}",
+                expected=f"all {len(run.slugs)} pages downloading at the same time",
+                revisit="Use an async HTTP client (httpx.AsyncClient) in the step function, so parallel steps can "
+                        "wait on the network together.")
+        raise CheckFailed(
+            f"The fan-out is sequential: {run.overlap} of {len(run.slugs)} pages were downloading at once "
+            f"(the executor was running {run.steps_in_flight or 'no step'}). {NOTICE}",
+            observed=f"at most {run.overlap} page fetch(es) in flight; each page was held until every running step "
+                     "was fetching",
+            expected=f"all {len(run.slugs)} pages in flight at once",
+            revisit=REVISIT_PARALLEL)
+
+
+@pytest.mark.check("event-sent-once")
+def test_the_completion_event_is_sent_once_from_a_step(scenario, evidence):
+    """Given the run, When the executor's record of sent events is read,
+    Then exactly one COMPLETED event went out, sent by a step (memoized: once, however often the body ran)."""
+    run = completed(scenario)
+    sends = [s for s in run.sent if any(e.get("name") == COMPLETED for e in s["events"])]
+    evidence.update(events_sent=len(sends), body_calls=run.body_calls)
+    outside = [s for s in sends if not s.get("step")]
+    if outside or len(sends) != 1:
+        how = ", ".join(sorted({s['via'] + (f" in step {s['step']!r}" if s.get('step') else ' outside any step')
+                                for s in sends})) or "never"
+        raise CheckFailed(
+            f"The {COMPLETED} event went out {len(sends)} time(s) ({how}); the body ran {run.body_calls} times. "
+            f"{NOTICE}",
+            observed=f"{len(sends)} send(s): {how}",
+            expected="one send, from ctx.step.send_event",
+            revisit=REVISIT_EVENT + " " + REVISIT_MEMO)
+
+
+@pytest.mark.check("event-payload")
+def test_the_event_carries_the_report(scenario, evidence):
+    """Given the run's id and topic, the search's pages and the LLM's reply (all drawn or made for this run),
+    When the COMPLETED event's data is read, Then it holds run_id, topic, the page URLs in the search's order
+    and the LLM's summary, exactly; the function returns the same report."""
+    run = completed(scenario)
+    sends = [e for s in run.sent for e in s["events"] if e.get("name") == COMPLETED]
+    if not sends:
+        raise NotChecked("not checked: no COMPLETED event was sent (see event-sent-once)")
+    data = sends[-1].get("data") or {}
+    want = {"run_id": run.run_id, "topic": run.topic, "sources": run.urls, "summary": run.reply}
+    wrong = {k: data.get(k, "<missing>") for k, v in want.items() if data.get(k) != v}
+    evidence.update(sources=len(data.get("sources") or []))
+    if wrong:
+        raise CheckFailed(
+            f"The event's data is not this run's report: {', '.join(wrong)} differ. {NOTICE}",
+            observed=json.dumps(wrong, default=str)[:800],
+            expected=json.dumps({k: want[k] for k in wrong}, default=str)[:800],
+            revisit="Downstream functions know the run only from the event: put the request's run_id and topic, "
+                    "the URLs the search returned (in its order) and the summary the LLM step returned into "
+                    "inngest.Event(name=COMPLETED, data=...).")
+    output = (run.outcome or {}).get("output")
+    if isinstance(output, dict) and any(output.get(k) != v for k, v in want.items()):
+        raise CheckFailed(f"The function returns another report than the one it announced. {NOTICE}",
+                          observed=json.dumps(output, default=str)[:800], expected=json.dumps(want)[:800],
+                          revisit="Return the same ResearchCompleted you sent in the event.")
