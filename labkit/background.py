@@ -27,9 +27,18 @@ from .sink import NotificationSink
 from .web import CourseWeb, WebError
 from .state import STATE_DIR
 
-TEMPORAL_PORT, TEMPORAL_UI_PORT, LLM_PORT = 7233, 8233, 8300
-WEB_PORT = 8310  # the course web (labkit.web): labs 04 and 05 search and fetch there
-SINK_PORT = 8320  # the notification sink (labkit.sink): lab 06's chat service
+
+def _port(variable: str, default: int) -> int:
+    """A `lab up` port: the course's default, or LAB_..._PORT when that one is taken on this machine
+    (and for tests that run `lab up` beside a student's own)."""
+    return int(os.environ.get(variable) or default)
+
+
+TEMPORAL_PORT = _port("LAB_TEMPORAL_PORT", 7233)
+TEMPORAL_UI_PORT = _port("LAB_TEMPORAL_UI_PORT", 8233)
+LLM_PORT = _port("LAB_LLM_PORT", 8300)
+WEB_PORT = _port("LAB_WEB_PORT", 8310)  # the course web (labkit.web): labs 04 and 05 search and fetch there
+SINK_PORT = _port("LAB_SINK_PORT", 8320)  # the notification sink (labkit.sink): lab 06's chat service
 REGISTRY = STATE_DIR / "services.json"
 OWN_TEMPORAL = f"localhost:{TEMPORAL_PORT}"  # TEMPORAL_ADDRESS naming these is not "another server"
 STUDENT_KEY = "lab-student"
@@ -59,6 +68,13 @@ def _running(entry: dict) -> psutil.Process | None:
         if process.is_running() and entry["program"] in " ".join(process.cmdline()):
             return process
     return None
+
+
+def running_pid(name: str) -> int | None:
+    """The PID of `lab up`'s service `name` ("temporal", "llm", ...) if it runs, else None."""
+    entry = _registry().get(name)
+    process = _running(entry) if entry else None
+    return process.pid if process else None
 
 
 def up() -> Iterator[str]:

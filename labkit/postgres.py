@@ -36,7 +36,7 @@ from . import proc
 from .services import HOST, ServiceError, free_port, port_open
 from .state import STATE_DIR
 
-UP_PORT = 5433  # `lab up`: one above the usual 5432, so a system PostgreSQL does not clash
+UP_PORT = int(os.environ.get("LAB_POSTGRES_PORT") or 5433)  # `lab up`: 5432 + 1, beside a system PostgreSQL
 UP_STATE = STATE_DIR / "pg"  # .lab/pg (LAB_STATE_DIR moves it, as for the other `lab up` services)
 ROLE = "postgres"  # the database superuser initdb creates (trust auth, 127.0.0.1 only)
 OS_USER = "embedded_postgres"  # the unix user the server runs as when we are root
