@@ -1,8 +1,10 @@
 """Helpers for the course notebooks, so their cells stay short and about the lab.
 
 - where things are: the repo, the lab folder (``LAB_PATH``), a state folder per session;
-- the services, started from the notebook: Temporal (Web UI on 8233 when that port is
-  free) and the course LLM, bound to 127.0.0.1, stopped by ``services.stop()``;
+- the services: the course LLM, started from the notebook, and Temporal: `lab up`'s when it runs
+  (its Web UI on 8233 is the one the docs and the devcontainer's forwarded port show), else one
+  started here (Web UI on 8233 when that port is free); bound to 127.0.0.1, what was started here
+  stopped by ``services.stop()``;
 - waiting for things a human watches: a worker that polls, a retry backoff, a process that
   a human kills with ``kill -9``; a headless run (``autorun()``: nbconvert --execute, papermill,
   nbclient, CI, or ``LAB_NOTEBOOK_AUTORUN=1``) never waits for a human: it does those steps itself;
@@ -26,13 +28,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from . import course, proc, temporal
+from . import background, course, proc, temporal
+from .aio import run_sync
 from .feedback import tail
-from .services import CourseLLM, ServiceError, TemporalServer, free_port, port_open, temporal_binary
+from .services import (CourseLLM, ServiceError, TemporalServer, free_port, port_open, temporal_binary,
+                       temporal_ready)
 from .timeline import Attempt, failed_attempts
 
 T = TypeVar("T")
-TEMPORAL_PORT, UI_PORT = 7233, 8233  # the course's ports everywhere in the docs
+TEMPORAL_PORT, UI_PORT = background.TEMPORAL_PORT, background.TEMPORAL_UI_PORT  # 7233, 8233 in the docs
 
 
 AUTORUN_VAR = "LAB_NOTEBOOK_AUTORUN"
@@ -111,8 +115,29 @@ def preferred_port(port: int) -> int:
 
 
 @dataclass
+class RunningTemporal:
+    """`lab up`'s Temporal server: used by the notebook, never stopped by it."""
+
+    address: str
+    ui_url: str | None
+    pid: int
+
+    def stop(self) -> None:
+        """Not ours: `lab down` stops it."""
+
+
+def lab_up_temporal() -> RunningTemporal | None:
+    """`lab up`'s Temporal, when it runs (its registry's PID alive) and answers, with its Web UI."""
+    pid = background.running_pid("temporal")
+    address = f"127.0.0.1:{TEMPORAL_PORT}"
+    if pid is None or not port_open(TEMPORAL_PORT) or not run_sync(temporal_ready(address)):
+        return None
+    return RunningTemporal(address, f"http://localhost:{UI_PORT}" if port_open(UI_PORT) else None, pid)
+
+
+@dataclass
 class NotebookServices:
-    temporal: TemporalServer
+    temporal: TemporalServer | RunningTemporal
     llm: CourseLLM
 
     @property
@@ -137,28 +162,43 @@ class NotebookServices:
         return await Client.connect(self.address)
 
     def describe(self) -> str:
+        if isinstance(self.temporal, RunningTemporal):
+            started = f"`lab up` (pid {self.temporal.pid}; used, not stopped, by this notebook)"
+        else:
+            started = shlex.join([Path(self.temporal.argv()[0]).name, *self.temporal.argv()[1:]])
         return (f"Temporal dev server  {self.address}\n"
                 f"Web UI               {self.temporal.ui_url}\n"
                 f"course LLM           {self.llm.base_url}  (OpenAI-compatible, scripted replies, no key)\n"
-                f"started as           {shlex.join([Path(self.temporal.argv()[0]).name, *self.temporal.argv()[1:]])}")
+                f"started as           {started}")
 
     def stop(self) -> None:
         self.llm.stop()
         self.temporal.stop()
 
 
-def start_services(state: Path, *, course_ports: bool | None = None,
+def start_services(state: Path, *, course_ports: bool | None = None, use_lab_up: bool | None = None,
                    rules_files: list[Path] | None = None) -> NotebookServices:
     """Temporal (+ Web UI) and the course LLM, started in parallel, bound to 127.0.0.1.
 
-    course_ports: Temporal on 7233 and the Web UI on 8233 when those are free, as in the docs
-    (the default, except in headless runs, which take free ports so parallel runs never collide).
+    use_lab_up: use `lab up`'s Temporal when it runs, so the Web UI the student has open (8233, the
+    port a devcontainer forwards) shows the notebook's workflows (the default, except in headless
+    runs, which must not depend on what else runs on the machine). The course LLM is always the
+    notebook's own: its ledger is what the notebook reads.
+    course_ports: a Temporal started here runs on 7233 and its Web UI on 8233 when those are free,
+    as in the docs (the default, except in headless runs, which take free ports so parallel runs
+    never collide).
     """
     if course_ports is None:
         course_ports = not autorun()
+    if use_lab_up is None:
+        use_lab_up = not autorun()
     llm = CourseLLM(state, rules_files=rules_files or [course.COURSE_TOML])
     llm.launch()
     try:
+        running = lab_up_temporal() if use_lab_up else None
+        if running is not None:
+            llm.wait_ready()
+            return NotebookServices(temporal=running, llm=llm)
         for attempt in (1, 2):
             usual = course_ports and attempt == 1
             temporal_server = TemporalServer(state, port=preferred_port(TEMPORAL_PORT) if usual else free_port(),
