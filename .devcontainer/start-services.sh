@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The devcontainer's postStartCommand: the course services (`lab up`) and JupyterLab, started so
+# they outlive this command. (A postStartCommand that backgrounds its work with `&` can see it
+# killed when the command returns: `make up && nohup jupyter ... &` lost both.)
+#
+# - `lab up` runs in the foreground and returns once every service answers; each service runs
+#   detached, in a process group of its own (labkit.proc), its PID in $STATE/services.json.
+# - JupyterLab runs under setsid + nohup: a session of its own, no hangup, stdin closed; its PID
+#   goes to $STATE/jupyter.pid.
+# Logs: $STATE/logs/lab-up.log (what `lab up` said), $STATE/logs/jupyter.log, and each service's
+# own log under $STATE/ (temporal/temporal.log, llm.log, ...). $STATE is .lab/ (LAB_STATE_DIR moves
+# it). Stop: `lab down` stops the services; `kill $(cat .lab/jupyter.pid)` stops JupyterLab.
+# LAB_JUPYTER_PORT (default 8888) and lab up's LAB_*_PORT variables move the ports.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+STATE="${LAB_STATE_DIR:-$PWD/.lab}"
+LOGS="$STATE/logs"
+BIN="$PWD/.venv/bin"
+JUPYTER_PORT="${LAB_JUPYTER_PORT:-8888}"
+mkdir -p "$LOGS"
+
+[ -x "$BIN/lab" ] || make setup >"$LOGS/setup.log" 2>&1 || { echo "make setup failed: see $LOGS/setup.log"; exit 1; }
+
+"$BIN/lab" up 2>&1 | tee "$LOGS/lab-up.log"
+
+if [ -f "$STATE/jupyter.pid" ] && grep -qs jupyter "/proc/$(cat "$STATE/jupyter.pid")/cmdline"; then
+    echo "jupyter: already running (pid $(cat "$STATE/jupyter.pid"))"
+else
+    setsid nohup "$BIN/jupyter" lab --no-browser --ip=127.0.0.1 --port="$JUPYTER_PORT" --port-retries=0 --allow-root \
+        --ServerApp.root_dir="$PWD" --IdentityProvider.token='' >"$LOGS/jupyter.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$STATE/jupyter.pid"
+    # Return only once it is in a session of its own: until setsid runs, it is still in this
+    # command's process group, which may be killed as soon as this script returns.
+    for _ in $(seq 600); do
+        [ "$(awk '{print $6}' "/proc/$pid/stat" 2>/dev/null)" = "$pid" ] && break
+        sleep 0.1
+    done
+    echo "jupyter: started (pid $pid), http://localhost:$JUPYTER_PORT"
+fi
+echo "logs: $LOGS/lab-up.log, $LOGS/jupyter.log; each service's own log under $STATE/"
