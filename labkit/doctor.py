@@ -32,6 +32,13 @@ def run() -> list[tuple[bool, str, str]]:
         results.append((out.returncode == 0, "temporal CLI", out.stdout.strip() or out.stderr.strip()))
     except (ServiceError, OSError, subprocess.TimeoutExpired) as err:
         results.append((False, "temporal CLI", str(err)))
+    from . import restate  # Lab 07: the Restate server from npm (package.json)
+
+    reason = restate.unavailable()
+    try:
+        results.append((reason is None, "restate-server", reason or f"{restate.version()} ({restate.binary()})"))
+    except (OSError, subprocess.TimeoutExpired) as err:
+        results.append((False, "restate-server", str(err)))
     from .background import _registry, _running
 
     ours = {entry["pid"] for entry in _registry().values() if _running(entry)}
