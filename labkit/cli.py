@@ -541,42 +541,100 @@ def reset(lab_id: str = typer.Argument(..., metavar="NN"),
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     console.print(f"restored {shown}/ from the starter in commit {starter.commit[:7]} ({starter.date}).")
+    progress = state.Progress.load()
+    if progress.labs.get(lab.id):  # the score was the replaced files': the starter starts over
+        progress.forget(lab.id)
+        console.print(f"`lab list` shows lab {lab.id} pending again (its score was your version's).")
     if backup is not None:
         console.print(f"your version is in {backup}  (to get it back: cp -r {backup}/. {shown}/)")
 
 
-def print_diff(mine: Path, reference: Path, first: list[str]) -> int:
-    """A unified diff of every file, the lab's `edits` files first; the number of files that differ."""
+def code_lines(text: str) -> list[tuple[int, str]]:
+    """A Python file's code as (line number, line): docstrings, comment-only lines and repeated
+    blank lines left out, so a diff shows what runs. Text that does not parse is kept whole."""
+    import ast
+    import io
+    import tokenize
+
+    lines = text.splitlines()
+    numbered = list(enumerate(lines, start=1))
+    try:
+        tree = ast.parse(text)
+        comments = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                    if token.type == tokenize.COMMENT and lines[token.start[0] - 1].lstrip().startswith("#")}
+    except (SyntaxError, ValueError, tokenize.TokenError):
+        return numbered
+    dropped = set(comments)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            dropped.update(range(body[0].lineno, body[0].end_lineno + 1))
+    kept: list[tuple[int, str]] = []
+    for number, line in numbered:
+        if number in dropped or (not line.strip() and (not kept or not kept[-1][1].strip())):
+            continue
+        kept.append((number, line))
+    while kept and not kept[-1][1].strip():
+        kept.pop()
+    return kept
+
+
+def print_diff(mine: Path, reference: Path, names: list[str], code_only: bool = True) -> int:
+    """A unified diff of each named file (yours -, reference +); the number of files that differ.
+
+    code_only: Python files are compared as code (code_lines), and each hunk says at which line of
+    each file it starts."""
     import difflib
 
     from rich.text import Text
 
-    names = {rel.as_posix() for rel in lab_files(mine)} | {rel.as_posix() for rel in lab_files(reference)}
-    ordered = [n for n in first if n in names] + sorted(names - set(first))
+    def show(line: str, style: str = "") -> None:
+        console.print(Text(line, style=style))
+
     differ = 0
-    for name in ordered:
+    for name in names:
         a, b = mine / name, reference / name
         try:
-            old = a.read_text().splitlines(keepends=True) if a.exists() else []
-            new = b.read_text().splitlines(keepends=True) if b.exists() else []
+            old = a.read_text() if a.exists() else ""
+            new = b.read_text() if b.exists() else ""
         except UnicodeDecodeError:
             continue
-        lines = list(difflib.unified_diff(old, new, fromfile=f"yours/{name}" if a.exists() else "/dev/null",
-                                          tofile=f"reference/{name}" if b.exists() else "/dev/null"))
-        if not lines:
+        as_code = code_only and name.endswith(".py")
+        old_lines = code_lines(old) if as_code else list(enumerate(old.splitlines(), start=1))
+        new_lines = code_lines(new) if as_code else list(enumerate(new.splitlines(), start=1))
+        matcher = difflib.SequenceMatcher(None, [t for _, t in old_lines], [t for _, t in new_lines],
+                                          autojunk=False)
+        groups = [g for g in matcher.get_grouped_opcodes(3) if any(tag != "equal" for tag, *_ in g)]
+        if not groups:
             continue
         differ += 1
-        for line in lines:
-            style = ("bold" if line.startswith(("---", "+++")) else "green" if line.startswith("+")
-                     else "red" if line.startswith("-") else "cyan" if line.startswith("@@") else "")
-            console.print(Text(line.rstrip("\n"), style=style))
+        show(f"--- {'yours/' + name if a.exists() else '/dev/null'}", "bold")
+        show(f"+++ {'reference/' + name if b.exists() else '/dev/null'}"
+             + ("   (code only: docstrings and comments left out)" if as_code else ""), "bold")
+        for group in groups:
+            i1, j1 = group[0][1], group[0][3]
+            at_old = old_lines[i1][0] if i1 < len(old_lines) else len(old.splitlines()) + 1
+            at_new = new_lines[j1][0] if j1 < len(new_lines) else len(new.splitlines()) + 1
+            show(f"@@ yours line {at_old}, reference line {at_new} @@", "cyan")
+            for tag, i1, i2, j1, j2 in group:
+                if tag == "equal":
+                    for _, line in old_lines[i1:i2]:
+                        show(" " + line)
+                    continue
+                for _, line in old_lines[i1:i2]:
+                    show("-" + line, "red")
+                for _, line in new_lines[j1:j2]:
+                    show("+" + line, "green")
         console.print()
     return differ
 
 
 @app.command()
 def solution(lab_id: str = typer.Argument(..., metavar="NN"),
-             force: bool = typer.Option(False, "--force", help="show it before the lab passes (spoils it)")) -> None:
+             force: bool = typer.Option(False, "--force", help="show it before the lab passes (spoils it)"),
+             full: bool = typer.Option(False, "--full", help="every line, docstrings and comments included")) -> None:
     """Compare your files with the reference solution, once `lab check NN` has passed."""
     lab = find_lab(lab_id)
     progress = state.Progress.load()
@@ -591,14 +649,22 @@ def solution(lab_id: str = typer.Argument(..., metavar="NN"),
         console.print(f"[yellow]warning[/yellow]: lab {lab.id} has not passed yet{so_far}; here is the reference "
                       "anyway (--force).")
     mine, reference = lab.starter_dir, lab.solution_dir
-    console.print(f"[bold]{mine.relative_to(REPO)}/ (yours, -) vs {reference.relative_to(REPO)}/ "
-                  "(reference, +)[/bold]\n")
-    differ = print_diff(mine, reference, list(lab.edits))
+    # Your files: the lab's `edits` and any file you added; the course's files are everyone's
+    # (the checks run the course's copy), and the READMEs are the course's text.
+    course_files = set(lab.course_files) | {"README.md"}
+    added = sorted(rel.as_posix() for rel in lab_files(mine) if rel.as_posix() not in course_files
+                   and rel.as_posix() not in lab.edits) if mine.is_dir() else []
+    names = list(lab.edits) + added
+    console.print(f"[bold]your files in {mine.relative_to(REPO)}/ (-) vs {reference.relative_to(REPO)}/ "
+                  f"(reference, +): {', '.join(names)}[/bold]"
+                  + ("" if full else "  [dim](code only; --full shows docstrings and comments)[/dim]") + "\n")
+    differ = print_diff(mine, reference, names, code_only=not full)
     if differ:
         console.print(f"{differ} file(s) differ. Yours passed the same checks: a different shape can be "
                       "just as right (the checks look at what happened, not at the code).")
     else:
-        console.print("Your files are the reference's, line for line.")
+        console.print("Your files are the reference's, line for line"
+                      + ("." if full else " (as code; --full compares docstrings and comments too)."))
 
 
 @app.command()

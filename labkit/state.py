@@ -50,6 +50,11 @@ class Progress:
                              "score": score, "best": best, "max": max_score, "at": time.time()}
         _write(self.path, self.labs)
 
+    def forget(self, lab_id: str) -> None:
+        """The lab's record goes (after `lab reset`: the files that earned it are gone)."""
+        if self.labs.pop(lab_id, None) is not None:
+            _write(self.path, self.labs)
+
 
 @dataclass
 class Hints:

@@ -154,17 +154,42 @@ def test_solution_opens_only_after_the_lab_passes(clone):
     assert "warning" in forced.stdout and "has not passed yet" in forced.stdout
     assert "-ANSWER = None" in forced.stdout and "+ANSWER = 42" in forced.stdout
     assert "--- yours/answer.py" in forced.stdout and "+++ reference/answer.py" in forced.stdout
+    assert "TODO(lab01)" not in forced.stdout  # a comment: not code
     assert "README.md" not in forced.stdout  # identical files are not shown
 
     answer(clone).write_text(SOLVED)
     assert lab(clone, "check", "01").returncode == 0
     shown = lab(clone, "solution", "01")
     assert shown.returncode == 0 and "warning" not in shown.stdout
-    assert "+\"\"\"Lab 01 (demo): the answer, for reference.\"\"\"" in shown.stdout
-    assert "1 file(s) differ" in shown.stdout
+    assert "line for line" in shown.stdout and "(as code" in shown.stdout  # the docstrings alone differ
+    full = lab(clone, "solution", "01", "--full")
+    assert "+\"\"\"Lab 01 (demo): the answer, for reference.\"\"\"" in full.stdout
+    assert "1 file(s) differ" in full.stdout
 
     answer(clone).write_text(REFERENCE)
-    assert "line for line" in lab(clone, "solution", "01").stdout
+    assert "line for line." in lab(clone, "solution", "01", "--full").stdout
+
+
+def test_solution_shows_the_code_of_your_files_only(clone):
+    """Given a passed lab whose README, docstrings and comments differ from the reference's, and a
+    course file the student changed, When `lab solution` runs, Then it shows the lines of code of
+    the student's files that differ, where they are in each file, and nothing else."""
+    (clone / "labs" / SLUG / "README.md").write_text("# The answer\n\nMy own notes.\n")
+    (clone / "labs" / SLUG / "course_helper.py").write_text("HELPER = 1\n")
+    (clone / "solutions" / SLUG / "course_helper.py").write_text("HELPER = 2\n")
+    (clone / "labs" / SLUG / "mine.py").write_text("EXTRA = 1\n")
+    answer(clone).write_text('"""My docstring."""\n\n# my comment\nANSWER = 42\nSPARE = 0\n\n\ndef f():\n'
+                             '    """Says why."""\n    return ANSWER\n')
+    (clone / "solutions" / SLUG / "answer.py").write_text(REFERENCE + "\n\ndef f():\n    return ANSWER\n")
+    assert lab(clone, "check", "01").returncode == 0
+    shown = lab(clone, "solution", "01").stdout
+    assert "-SPARE = 0" in shown and " ANSWER = 42" in shown, shown
+    assert "@@ yours line 4, reference line 3 @@" in shown, shown
+    assert "docstring" not in shown.replace("docstrings and comments", "") and "my comment" not in shown, shown
+    assert "Says why" not in shown and "return ANSWER" in shown  # context lines are code
+    assert "README" not in shown and "course_helper" not in shown, shown  # the course's files
+    assert "+++ /dev/null" in shown and "-EXTRA = 1" in shown  # a file the student added is theirs
+    assert "2 file(s) differ" in shown, shown
 
 
 # --- lab reset -------------------------------------------------------------------------------------
@@ -183,8 +208,22 @@ def test_reset_restores_the_starter_and_keeps_a_backup(clone):
     assert str(backup) in out.stdout and "restored labs/lab01_demo/" in out.stdout
     assert "note" not in out.stdout
 
+    assert "pending again" not in out.stdout  # no check had run: there was no score to forget
     again = lab(clone, "reset", "01", "--yes")
     assert again.returncode == 0 and "already the starter" in again.stdout
+
+
+def test_reset_sets_the_lab_back_to_pending_in_lab_list(clone):
+    """Given a lab that passed (lab list: done), When `lab reset` restores the starter,
+    Then lab list shows it pending, with no score, and `lab solution` is closed again."""
+    answer(clone).write_text(SOLVED)
+    assert lab(clone, "check", "01").returncode == 0
+    assert "done" in lab(clone, "list").stdout
+    out = lab(clone, "reset", "01", "--yes")
+    assert out.returncode == 0 and "pending again" in out.stdout, out.stdout
+    listed = lab(clone, "list").stdout
+    assert "pending" in listed and "done" not in listed and "-/2" in listed and "0/1 labs" in listed, listed
+    assert lab(clone, "solution", "01").returncode == 1
     assert len(list((clone.parent / "state" / "backups").iterdir())) == 1
 
 
