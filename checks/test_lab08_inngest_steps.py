@@ -183,14 +183,19 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
     try:
         released = False
         deadline = time.monotonic() + RELEASE_HANG_S
+        # A program that blocks its event loop (a sync HTTP call in an async step) never gets its other
+        # running steps to their fetch: it sits waiting on the held page. That is a state too (labkit.proc.Watchdog).
+        watchdog = proc.Watchdog(process.pid)
         while process.alive and not released:
             fetches = ledger.fetches(run.key)
             in_flight = [f for f in fetches if f.outcome == "started"]
             steps = running_steps(read_trace(trace_path))
             outside = [f for f in in_flight if step_of(f.origin) is None]
-            if in_flight and (outside or len(in_flight) >= len(steps)):
+            waiting = watchdog.stuck() if in_flight else None
+            if in_flight and (outside or len(in_flight) >= len(steps) or waiting):
                 run.overlap, run.steps_in_flight = len(in_flight), steps
-                run.release_reason = "fetch outside a step" if outside else "every running step is fetching"
+                run.release_reason = ("fetch outside a step" if outside else "every running step is fetching"
+                                      if len(in_flight) >= len(steps) else f"the program waits: {waiting}")
                 released = True
             elif time.monotonic() > deadline:
                 run.hung = (f"the held pages were never released: {len(in_flight)} fetch(es) in flight while the "
@@ -228,16 +233,33 @@ def completed(run: Run) -> Run:
 
 
 def where(entries) -> str:
-    parts = []
+    """Each request as "<page or llm> <status> from step 'id' attempt n", repeats counted."""
+    parts: dict[str, int] = {}
     for e in entries:
         step = step_of(e.origin)
         label = f"step {step['id']!r} attempt {step['attempt']}" if step else "outside any step"
-        status = getattr(e, "status", "")
-        parts.append(f"{getattr(e, 'slug', None) or 'llm'} {status} from {label}")
-    return "; ".join(parts) or "none"
+        what = "search" if getattr(e, "kind", None) == "search" else getattr(e, "slug", None) or "llm"
+        text = f"{what} {e.status} from {label}"
+        parts[text] = parts.get(text, 0) + 1
+    return "; ".join(text + (f" (x{n})" if n > 1 else "") for text, n in parts.items()) or "none"
 
 
 # --- the checks ----------------------------------------------------------------------------------
+
+def by_step(entries) -> str:
+    """Requests grouped by the step that sent them: "step 'x' attempts 0, 1 (503, 200)"."""
+    groups: dict[str, list] = {}
+    for e in entries:
+        step = step_of(e.origin)
+        label = f"step {step['id']!r}" if step else "outside any step"
+        groups.setdefault(label, []).append(((step or {}).get("attempt"), e.status))
+    parts = []
+    for label, items in groups.items():
+        attempts = ", ".join(str(a) for a, _ in items if a is not None)
+        statuses = ", ".join(str(st) for _, st in items)
+        parts.append(f"{label}" + (f" attempts {attempts}" if attempts else f" x{len(items)}") + f" ({statuses})")
+    return "; ".join(parts) or "none"
+
 
 @pytest.mark.check("runs-to-completion")
 def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
@@ -312,23 +334,27 @@ def test_each_side_effect_happens_once(scenario, evidence):
     twice: its failure and its retry), and the LLM was asked twice (its 500 and the retry): a retry or a
     later step never repeats a finished step's side effect."""
     run = completed(scenario)
-    counts = {slug: sum(f.slug == slug for f in run.fetches) for slug in run.slugs}
+    # Requests made outside any step are side-effects-in-steps' finding: here, what steps repeated.
+    searches = [e for e in run.searches if step_of(e.origin)]
+    fetches = [e for e in run.fetches if step_of(e.origin)]
+    llm = [e for e in run.llm if step_of(e.origin)]
+    counts = {slug: sum(f.slug == slug for f in fetches) for slug in run.slugs}
     expected = {slug: 2 if slug == run.failing_slug else 1 for slug in run.slugs}
     evidence.update(searches=len(run.searches), fetches=len(run.fetches), llm_calls=len(run.llm))
     problems = []
-    if len(run.searches) != 1:
-        problems.append(f"search ran {len(run.searches)} times ({where(run.searches)})")
+    if len(searches) > 1:
+        problems.append(f"search ran {len(searches)} times: {by_step(searches)}")
     for slug in run.slugs:
         if counts[slug] > expected[slug]:
-            pages = [f for f in run.fetches if f.slug == slug]
-            problems.append(f"{slug} fetched {counts[slug]} times ({where(pages)})")
-    ok_llm = [e for e in run.llm if e.ok]
+            pages = [f for f in fetches if f.slug == slug]
+            problems.append(f"{slug} fetched {counts[slug]} times: {by_step(pages)}")
+    ok_llm = [e for e in llm if e.ok]
     if len(ok_llm) > 1:
-        problems.append(f"the LLM answered {len(ok_llm)} summarize requests ({where(run.llm)})")
+        problems.append(f"the LLM answered {len(ok_llm)} summarize requests: {by_step(llm)}")
     if problems:
-        repeated_by = {s["id"] for e in [*run.searches, *run.fetches, *run.llm] if (s := step_of(e.origin))}
+        repeated_by = {s["id"] for e in [*searches, *fetches, *llm] if (s := step_of(e.origin))}
         raise CheckFailed(
-            f"A finished side effect happened again: {'; '.join(problems)}. {NOTICE}",
+            f"A finished side effect happened again when a step was retried or ran again. {NOTICE}",
             observed="; ".join(problems),
             expected="search once; each page once (the 503 page twice); the LLM once after its 500",
             revisit="One side effect per step: a step that fetches every page and then summarizes re-fetches "
@@ -376,8 +402,11 @@ def test_pages_are_fetched_at_once(scenario, evidence):
     the fan-out is ctx.group.parallel, not a loop that awaits each step."""
     run = completed(scenario)
     evidence.update(pages=len(run.slugs), in_flight_at_once=run.overlap)
-    if run.overlap < len(run.slugs):
-        planned_together = any(r["event"] == "dispatch" and len(r["steps"]) >= len(run.slugs) for r in run.trace)
+    planned_together = any(r["event"] == "dispatch" and len(r["steps"]) >= len(run.slugs) for r in run.trace)
+    # Every page in flight at once; or the group planned them all and every one still running was fetching
+    # (a step that ended early, e.g. by swallowing its 503, is retried-alone's finding, not this one's).
+    every_running_step_fetched = run.overlap >= len(run.steps_in_flight) > 0
+    if run.overlap < len(run.slugs) and not (planned_together and every_running_step_fetched):
         if planned_together:
             raise CheckFailed(
                 f"The page steps were planned together, but only {run.overlap} of {len(run.slugs)} downloads were "
@@ -386,6 +415,14 @@ def test_pages_are_fetched_at_once(scenario, evidence):
                 expected=f"all {len(run.slugs)} pages downloading at the same time",
                 revisit="Use an async HTTP client (httpx.AsyncClient) in the step function, so parallel steps can "
                         "wait on the network together.")
+        fetched_by = {s["id"] for f in run.fetches if (s := step_of(f.origin))}
+        if len(fetched_by) == 1 and len(run.slugs) > 1:
+            raise CheckFailed(
+                f"Every page was fetched inside one step ({fetched_by.pop()!r}): there is no step per page for "
+                f"ctx.group.parallel to plan, so a page's retry repeats them all. {NOTICE}",
+                observed=f"{len(run.slugs)} pages, one step fetching them: {by_step(run.fetches)}",
+                expected=f"{len(run.slugs)} page steps planned together and in flight at once",
+                revisit=REVISIT_PARALLEL)
         raise CheckFailed(
             f"The fan-out is sequential: {run.overlap} of {len(run.slugs)} pages were downloading at once "
             f"(the executor was running {run.steps_in_flight or 'no step'}). {NOTICE}",
@@ -403,6 +440,14 @@ def test_the_completion_event_is_sent_once_from_a_step(scenario, evidence):
     sends = [s for s in run.sent if any(e.get("name") == COMPLETED for e in s["events"])]
     evidence.update(events_sent=len(sends), body_calls=run.body_calls)
     outside = [s for s in sends if not s.get("step")]
+    if outside and len(sends) == 1:
+        raise CheckFailed(
+            f"The {COMPLETED} event was sent with {outside[0]['via']} in the function body, outside any step. "
+            f"It went out once here only because it is the body's last line; nothing memoizes it, so a retried "
+            f"last call (or a step added after it) sends it again. {NOTICE}",
+            observed=f"1 send, {outside[0]['via']} outside any step (the body ran {run.body_calls} times)",
+            expected="one send, from ctx.step.send_event",
+            revisit=REVISIT_EVENT + " " + REVISIT_MEMO)
     if outside or len(sends) != 1:
         how = ", ".join(sorted({s['via'] + (f" in step {s['step']!r}" if s.get('step') else ' outside any step')
                                 for s in sends})) or "never"
