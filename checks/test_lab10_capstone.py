@@ -42,8 +42,9 @@ from labkit import proc
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
 
 LAB = "10"
-RUNTIMES = ("naive", "langgraph", "temporal")
-STUDENT_FILE = {"naive": "naive.py", "langgraph": "graph_batch.py", "temporal": "workflows.py"}
+RUNTIMES = ("naive", "langgraph", "temporal", "restate")
+STUDENT_FILE = {"naive": "naive.py", "langgraph": "graph_batch.py", "temporal": "workflows.py",
+                "restate": "restate_batch.py"}
 N = int(os.environ.get("LAB10_QUESTIONS_N", "20"))
 TIME_SCALE = float(os.environ.get("LAB10_TIME_SCALE", "0.001"))  # 12 s -> 12 ms
 TEXT_LLM_S, TEXT_FETCH_S = 12.0, 2.0  # §64.2.3's latencies
@@ -83,6 +84,7 @@ class Run:
     origins_after: set = field(default_factory=set)
     code_lines: int = 0
     error: CheckFailed | None = None
+    unavailable: str | None = None  # a runtime this machine cannot run (no restate-server): not checked
 
     @property
     def held(self) -> dict:
@@ -193,6 +195,17 @@ async def _temporal(address: str, fn):
     return await fn(client)
 
 
+def restate_store(server, batch_id: str) -> tuple[int, str]:
+    """The batch invocation's journal: what restate-server keeps for it (entries and their bytes)."""
+    rows = [row for row in server.invocations("CapstoneBatch/") if row.get("target_service_key") == batch_id]
+    entries, size = 0, 0
+    for row in rows:
+        for entry in server.journal(row["id"]):
+            entries += 1
+            size += len(json.dumps(entry, default=str))
+    return size, f"{entries} journal entries in {len(rows)} invocation(s)"
+
+
 def release_dead_pod(address: str, task_queue: str) -> int:
     """Do at once what the server would do when the dead pod's timeouts expire: fail its running
     activity attempts (the retry policy applies, as for a timeout) and forget its sticky queue."""
@@ -283,10 +296,27 @@ class Scenario:
             LAB10_QUESTIONS_PER_RUN=str(self.questions_per_run),
             TEMPORAL_ADDRESS=self.services.temporal_address, TEMPORAL_TASK_QUEUE=run.task_queue,
             TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
-        pod = proc.start([sys.executable, "-m", self.target.module("pod"), run.runtime], name=f"{run.runtime}-pod{n}",
-                         log_path=run.workdir / f"pod{n}.log", env=env, cwd=host, student=True)
+        socks = []
+        if run.runtime == "restate":
+            extra, socks = self.restate_env(run)
+            env.update(extra)
+        try:
+            pod = proc.start([sys.executable, "-m", self.target.module("pod"), run.runtime],
+                             name=f"{run.runtime}-pod{n}", log_path=run.workdir / f"pod{n}.log", env=env, cwd=host,
+                             student=True, pass_fds=[s.fileno() for s in socks])
+        finally:
+            for sock in socks:
+                sock.close()  # the pod holds its own copy: a dead pod's port must refuse, not queue
         run.pods.append(pod)
         return pod
+
+    def restate_env(self, run: Run) -> tuple[dict, list]:
+        """The listening socket (the same port for every pod: the server calls that address) and env."""
+        from labkit import restate
+
+        sock = restate.listening_socket(self.restate_port)
+        return ({"LAB10_RESTATE_BIND": f"fd://{sock.fileno()}", "LAB10_RESTATE_URI": f"http://127.0.0.1:{self.restate_port}",
+                 "RESTATE_INGRESS_URL": self.restate.ingress_url, "RESTATE_ADMIN_URL": self.restate.admin_url}, [sock])
 
     def ledger_calls(self, run: Run) -> list:
         return llm_calls(self.services.llm.ledger(), run.caller)
@@ -300,6 +330,9 @@ class Scenario:
                   batch_id=f"batch-{tag}", caller=f"lab-lab10-{tag}", db_url=self.postgres.create_database(f"lab10_{tag}"),
                   task_queue=f"lab10-{tag}", workdir=workdir)
         self.runs[runtime] = run
+        if runtime == "restate" and self.restate is None:
+            run.unavailable = self.restate_missing
+            return run
         (workdir / "questions.json").write_text(json.dumps(run.questions))
         with psycopg.connect(run.db_url, autocommit=True) as conn:  # the deploy step: the answers table
             from importlib import import_module
@@ -414,22 +447,47 @@ class Scenario:
         elif run.runtime == "temporal":
             run.store_bytes, run.store_what, _ = temporal_store(self.services.temporal_address, run.task_queue)
             run.origins_after = {origin_key(e, run.runtime) for _, e in run.llm} - {None}
+        elif run.runtime == "restate":
+            run.store_bytes, run.store_what = restate_store(self.restate, run.batch_id)
         else:
             run.store_bytes, run.store_what = 0, "nothing: the pod's memory"
         run.code_lines = code_lines(target_root / STUDENT_FILE[run.runtime])
 
 
 @pytest.fixture(scope="module")
-def scenario(lab_target, services, postgres, web_launched, tmp_path_factory):
+def restate_server(tmp_path_factory):
+    """restate-server for the module, or None (with the reason) on a machine without it."""
+    from labkit import restate
+
+    reason = restate.unavailable()
+    if reason:
+        yield None, reason
+        return
+    server = restate.RestateServer(tmp_path_factory.mktemp("restate") / "server").launch()
+    try:
+        yield server, None
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def scenario(lab_target, services, postgres, web_launched, restate_server, tmp_path_factory):
     import labkit
+    from labkit import restate
 
     web = web_launched.wait_ready()
     seed = int(os.environ.get("LAB10_SEED", str(random.randrange(1 << 30))))
     found = Scenario(lab_target, services, postgres, web, tmp_path_factory.mktemp("lab10"), seed)
     found.corpus = Path(labkit.__file__).parent / "corpus" / "capstone.toml"
     found.questions_per_run = found.rng.randint(3, 7) if N <= 40 else found.rng.randint(20, 40)
+    found.restate, found.restate_missing = restate_server
+    if found.restate is not None:
+        found.restate.wait_ready()
+        found.restate_port = restate.free_port()
     for runtime in RUNTIMES:
         run = found.run(runtime)
+        if run.unavailable:
+            continue
         try:
             found.measure(run, lab_target.root / lab_target.name)
         except Exception as err:  # a store the runtime never created: measured as empty
@@ -442,12 +500,19 @@ def scenario(lab_target, services, postgres, web_launched, tmp_path_factory):
 
 def run_of(scenario: Scenario, runtime: str) -> Run:
     run = scenario.runs[runtime]
+    if run.unavailable:
+        raise NotChecked(f"not checked: {runtime} cannot run on this machine: {run.unavailable}")
     if run.error is not None:
         raise run.error
     return run
 
 
 # --- what the batch must show -------------------------------------------------------------------------
+
+def present(scenario: Scenario) -> list[str]:
+    """The runtimes this machine runs (restate-server may be missing: its checks say "not checked")."""
+    return [r for r in RUNTIMES if not scenario.runs[r].unavailable]
+
 
 def check_answers(run: Run) -> None:
     missing = [qid for qid in run.ids if qid not in run.rows]
@@ -538,7 +603,7 @@ def test_each_runtime_evicted_mid_batch_and_restarted_on_a_new_host(scenario, ev
     """Given each runtime's batch of N questions, the LLM holding its answer to question k+1 (k near 48% of N),
     When the pod is SIGKILLed with that call in flight and a new pod starts on a fresh host,
     Then the kill landed after question k's answer and before the batch finished, for every runtime."""
-    for runtime in RUNTIMES:
+    for runtime in present(scenario):
         run = run_of(scenario, runtime)
         if run.killed_at is None or len(run.pods) < 2 or run.pods[0].killed_with is None:
             raise CheckFailed(f"The {runtime} pod was never evicted", observed=str(run.pods),
@@ -586,13 +651,33 @@ def test_temporal_new_pod_resumes_at_the_cut_off_question(scenario, evidence):
     evidence_of(run, evidence)
 
 
+@pytest.mark.check("restate-all-answered")
+def test_restate_batch_answers_every_question(scenario, evidence):
+    """Given the Restate batch evicted mid-way,
+    When restate-server has called the new pod with the same invocation,
+    Then every question has exactly the LLM's answer to it, with its own search's sources, approved."""
+    run = run_of(scenario, "restate")
+    check_answers(run)
+    evidence_of(run, evidence)
+
+
+@pytest.mark.check("restate-resumes")
+def test_restate_new_pod_resumes_at_the_cut_off_question(scenario, evidence):
+    """Given the Restate batch evicted while question k+1's summarize step (ctx.run) was running,
+    When the new pod replays the invocation's journal,
+    Then no question answered before the eviction is asked again (the cut-off step may be, once)."""
+    run = run_of(scenario, "restate")
+    check_no_reissue(run)
+    evidence_of(run, evidence)
+
+
 @pytest.mark.check("side-by-side")
 def test_runtimes_side_by_side_against_the_baseline(scenario, evidence):
     """Given the three runs,
     When they are put side by side (printed, and written to LAB10_REPORT_DIR as Markdown and SVG),
     Then the naive baseline answered every question but re-issued the call of every question it had
     answered before the eviction: it really lost that work, which is what the durable runtimes save."""
-    for runtime in RUNTIMES:
+    for runtime in present(scenario):
         if scenario.runs[runtime].error is not None:
             raise NotChecked(f"not checked: the {runtime} run failed, so there is no table to compare",
                              revisit="Fix the failing checks above first.")
@@ -628,7 +713,7 @@ def metrics(run: Run) -> dict[str, float]:
 
 
 def markdown_table(scenario: Scenario) -> str:
-    runs = [scenario.runs[r] for r in RUNTIMES]
+    runs = [scenario.runs[r] for r in present(scenario)]
     table = [metrics(r) for r in runs]
     lines = [f"| {N} questions, seed {scenario.seed} | " + " | ".join(r.runtime for r in runs) + " |",
              "|---|" + "---:|" * len(runs)]
@@ -645,11 +730,11 @@ def markdown_table(scenario: Scenario) -> str:
 def svg_bars(scenario: Scenario) -> str:
     from xml.sax.saxutils import escape
 
-    runs = [scenario.runs[r] for r in RUNTIMES]
+    runs = [scenario.runs[r] for r in present(scenario)]
     table = [metrics(r) for r in runs]
     names = list(table[0])
-    colours = {"naive": "#dc2626", "langgraph": "#2563eb", "temporal": "#16a34a"}
-    panel_w, panel_h, cols = 280, 150, 4
+    colours = {"naive": "#dc2626", "langgraph": "#2563eb", "temporal": "#16a34a", "restate": "#9333ea"}
+    panel_w, panel_h, cols = 330, 150, 4
     rows = (len(names) + cols - 1) // cols
     width, height = cols * panel_w + 20, rows * panel_h + 60
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -664,10 +749,10 @@ def svg_bars(scenario: Scenario) -> str:
         values = [max(0.0, float(m[name])) for m in table]
         top = max(values) or 1.0
         out.append(f'<text x="{px}" y="{py + 12}" font-weight="bold">{escape(name)}</text>')
-        base, bar_w = py + panel_h - 25, 60
+        base, bar_w = py + panel_h - 25, 55
         for j, (run, value) in enumerate(zip(runs, values)):
             h = (panel_h - 55) * value / top
-            x = px + 10 + j * (bar_w + 20)
+            x = px + 10 + j * (bar_w + 18)
             out.append(f'<rect x="{x}" y="{base - h:.1f}" width="{bar_w}" height="{h:.1f}" '
                        f'fill="{colours[run.runtime]}"><title>{run.runtime}: {value:g}</title></rect>')
             out.append(f'<text x="{x + bar_w / 2}" y="{base - h - 3:.1f}" text-anchor="middle">{value:g}</text>')
@@ -682,4 +767,4 @@ def write_report(scenario: Scenario, folder: Path) -> None:
     (folder / "capstone.svg").write_text(svg_bars(scenario) + "\n")
     (folder / "capstone.json").write_text(json.dumps(
         {"questions": N, "seed": scenario.seed, "time_scale": TIME_SCALE,
-         "runs": {r: metrics(scenario.runs[r]) for r in RUNTIMES}}, indent=1) + "\n")
+         "runs": {r: metrics(scenario.runs[r]) for r in present(scenario)}}, indent=1) + "\n")
