@@ -57,7 +57,8 @@ def test_the_post_start_script_starts_services_that_outlive_it_and_notebooks_use
     """Given the devcontainer's postStartCommand script, a temp state dir and free ports,
     When it runs and its session is killed once it returns,
     Then lab up's services and JupyterLab answer, the logs are where it said, a notebook run by a
-    person uses lab up's Temporal and Web UI (and leaves it running), and all stop by PID."""
+    person uses lab up's Temporal and Web UI (and leaves it running) while a headless one starts
+    its own, and all stop by PID."""
     # Not under tmp_path: a concurrent pytest session resets /tmp/pytest-of-<user> to 0700, and as
     # root `lab up`'s PostgreSQL runs as another user who must reach its data dir (tests/test_postgres.py).
     state = Path(tempfile.mkdtemp(prefix="lab-devcontainer-test-")) / "state"
@@ -114,6 +115,13 @@ def test_the_post_start_script_starts_services_that_outlive_it_and_notebooks_use
                          f"http://localhost:{ports['LAB_TEMPORAL_UI_PORT']}"), notebook.stdout
         assert f"`lab up` (pid {registry['temporal']['pid']}" in notebook.stdout, notebook.stdout
         assert port_open(int(ports["LAB_TEMPORAL_PORT"])), "the notebook stopped lab up's Temporal"
+        # a headless run (nbconvert, CI) does not depend on what else runs: servers of its own
+        headless = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "headless")], cwd=REPO,
+                                  env={**env, "LAB_NOTEBOOK_AUTORUN": "1"}, capture_output=True, text=True,
+                                  timeout=HANG_S)
+        assert headless.returncode == 0, headless.stdout + headless.stderr
+        assert not headless.stdout.startswith(f"127.0.0.1:{ports['LAB_TEMPORAL_PORT']} "), headless.stdout
+        assert "`lab up`" not in headless.stdout and "temporal server start-dev" in headless.stdout, headless.stdout
 
         # stopped by PID: lab down (its registry's PIDs, PostgreSQL's postmaster.pid), JupyterLab's PID file
         down = subprocess.run([str(REPO / ".venv" / "bin" / "lab"), "down"], cwd=REPO, env=env,
