@@ -720,7 +720,7 @@ def env() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Check this machine: Python, packages, the temporal binary, ports, writable folders."""
+    """Check this machine: Python, packages, the temporal binary, LangGraph's savers, PostgreSQL, ports, writable folders."""
     from . import doctor as doc
 
     results = doc.run()

@@ -82,8 +82,8 @@ def langgraph_savers() -> tuple[bool, str, str]:
         from langgraph.checkpoint.postgres import PostgresSaver  # noqa: F401
         from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: F401
     except Exception as err:  # an ImportError, or a broken dependency of one (psycopg's libpq)
-        return False, "langgraph", f"{type(err).__name__}: {err} (run `make setup`)"
-    return True, "langgraph", (f"{importlib.metadata.version('langgraph')}: StateGraph, PostgresSaver and "
+        return False, "LangGraph savers", f"{type(err).__name__}: {err} (run `make setup`)"
+    return True, "LangGraph savers", (f"{importlib.metadata.version('langgraph')}: StateGraph, PostgresSaver and "
                                "SqliteSaver import")
 
 
