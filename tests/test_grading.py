@@ -319,6 +319,25 @@ def test_the_lab_folder_is_found_in_every_shape_a_submission_comes_in(tmp_path, 
     assert find_lab_folder(submission, LAB01) == where
 
 
+def test_an_error_that_stops_parsing_names_its_file_and_line_and_others_are_left_as_they_are():
+    from labkit.feedback import parse_error, student_error
+
+    frames = ('Traceback (most recent call last):\n'
+              '  File "/tmp/x/graded/lab01_temporal_crash/worker.py", line 16, in <module>\n'
+              '    from .activities import call_llm\n')
+    unparsed = frames + ('  File "/tmp/x/graded/lab01_temporal_crash/activities.py", line 42\n'
+                         '    async def call_llm(prompt: str) -> str\n'
+                         '                                          ^\n'
+                         "SyntaxError: expected ':'\n")
+    assert student_error(unparsed) == "SyntaxError: expected ':' (activities.py:42)"
+    assert parse_error(unparsed) == student_error(unparsed)
+    indented = frames + '  File "/tmp/x/workflows.py", line 7\n    return x\nIndentationError: unexpected indent\n'
+    assert student_error(indented) == "IndentationError: unexpected indent (workflows.py:7)"
+    missing = frames + "ImportError: cannot import name 'save_to_db' from 'lab01_temporal_crash.activities'\n"
+    assert student_error(missing) == "ImportError: cannot import name 'save_to_db' from 'lab01_temporal_crash.activities'"
+    assert parse_error(missing) is None
+
+
 def test_only_a_line_signed_with_the_runs_key_is_a_report():
     from labkit.grade_plugin import PREFIX, signed_line, verified_report
 
