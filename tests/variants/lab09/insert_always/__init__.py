@@ -1,1 +1,1 @@
-"""Lab 09 variant: the student's files only (the course's files are laid over them when graded)."""
+"""Lab 09: a Hatchet 1.x workflow per document (extract -> embed -> classify -> store), graded offline."""
