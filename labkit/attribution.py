@@ -11,9 +11,10 @@ a request alone, so every student program a check starts runs under this module:
 which installs two hooks before the program's first line runs:
 
 - every HTTP request sent with httpx (the openai client, page downloads) carries the header
-  ``X-Lab-Origin``: JSON ``{"pid", "program", "activity", "node"}``, where ``activity`` is the
-  Temporal activity attempt running in that context (``{"type", "id", "attempt", "workflow_id",
-  "run_id"}``) or null, and ``node`` is the LangGraph node running in that context or null. The
+  ``X-Lab-Origin``: JSON ``{"pid", "program", "activity", "node", "thread"}``, where ``activity``
+  is the Temporal activity attempt running in that context (``{"type", "id", "attempt",
+  "workflow_id", "run_id"}``) or null, ``node`` the LangGraph node running in that context and
+  ``thread`` its graph run's thread_id, or null. The
   course LLM, the course web and the notification sink record it beside each request.
 - when ``LAB_ATTEMPT_LOG`` names a file, every Temporal activity attempt of a worker is appended to
   it as two JSON lines: a ``start`` when the attempt begins in the worker and an ``end`` with its
@@ -57,20 +58,25 @@ def wrap_argv(argv: list[str], env: dict | None = None) -> list[str]:
 
 # --- the origin of a request ---------------------------------------------------------------------
 
-def _langgraph_node() -> str | None:
+def _langgraph_run() -> tuple[str | None, str | None]:
+    """The LangGraph node running in this context and its thread id, or (None, None)."""
     if "langgraph" not in sys.modules:
-        return None
+        return None, None
     try:
         from langgraph.config import get_config
 
-        return get_config().get("metadata", {}).get("langgraph_node")
+        config = get_config()
     except Exception:  # outside a graph run (no runnable context)
-        return None
+        return None, None
+    thread = (config.get("configurable") or {}).get("thread_id")
+    return config.get("metadata", {}).get("langgraph_node"), None if thread is None else str(thread)
 
 
 def origin() -> dict[str, Any]:
-    """Where the calling code runs: the process, its program, the activity attempt and graph node."""
-    return {"pid": os.getpid(), "program": _program, "activity": _activity.get(), "node": _langgraph_node()}
+    """Where the calling code runs: the process, its program, the activity attempt, the graph node
+    and the graph's thread id (with a checkpointer: which thread the request belongs to)."""
+    node, thread = _langgraph_run()
+    return {"pid": os.getpid(), "program": _program, "activity": _activity.get(), "node": node, "thread": thread}
 
 
 def parse(header: str | None) -> dict | None:

@@ -80,7 +80,7 @@ def test_a_student_program_sends_its_origin_with_every_request(tmp_path, capture
                          env=env, cwd=tmp_path, student=True)
     assert program.wait(60) == 0, program.output()
     (origin,) = capture.of("/plain")
-    assert origin == {"pid": program.pid, "program": "attrpkg.plain", "activity": None, "node": None}
+    assert origin == {"pid": program.pid, "program": "attrpkg.plain", "activity": None, "node": None, "thread": None}
 
 
 def test_attribution_can_be_turned_off(tmp_path, capture):
@@ -108,13 +108,13 @@ GRAPH = """
     builder.add_node("fetch", fetch)
     builder.add_edge(START, "fetch")
     builder.add_edge("fetch", END)
-    builder.compile().invoke({"n": 0})
+    builder.compile().invoke({"n": 0}, {"configurable": {"thread_id": "thread-7"}})
 """
 
 
 def test_a_langgraph_node_is_named_in_the_origin(tmp_path, capture):
     """Given a graph whose node sends a request, when the program runs forked from the fork server,
-    then the origin names the node."""
+    then the origin names the node and the thread id the graph ran with."""
     write_package(tmp_path, {"graph.py": GRAPH})
     env = {"PYTHONPATH": str(tmp_path), "CAPTURE": capture.url}
     forks = prefork.ForkServer(tmp_path / "forks", ["langgraph.graph"], env=env).launch().wait_ready()
@@ -125,6 +125,7 @@ def test_a_langgraph_node_is_named_in_the_origin(tmp_path, capture):
         forks.stop()
     (origin,) = capture.of("/node")
     assert origin["node"] == "fetch" and origin["program"] == "attrpkg.graph" and origin["activity"] is None
+    assert origin["thread"] == "thread-7", origin
 
 
 WORKER = """
