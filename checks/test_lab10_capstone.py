@@ -689,8 +689,13 @@ def test_runtimes_side_by_side_against_the_baseline(scenario, evidence):
                           observed=f"{lost} repeated call(s) for {len(naive.answered_at_kill)} answered question(s)",
                           expected="every answered question asked again by the new pod",
                           revisit="(a course bug: the baseline is the course's own file)")
-    evidence.update(table=str(Path(os.environ.get("LAB10_REPORT_DIR", "")) / "capstone.md")
-                    if os.environ.get("LAB10_REPORT_DIR") else "set LAB10_REPORT_DIR to keep it")
+    runs = [scenario.runs[r] for r in present(scenario)]
+    evidence.update(reissued=",".join(f"{r.runtime}:{sum(r.reissued().values())}" for r in runs),
+                    in_flight=",".join(f"{r.runtime}:{r.window_repeats()}" for r in runs),
+                    store_kib=",".join(f"{r.runtime}:{r.store_bytes / 1024:.0f}" for r in runs),
+                    seed=scenario.seed,
+                    table=str(Path(os.environ["LAB10_REPORT_DIR"]) / "capstone.md")
+                    if os.environ.get("LAB10_REPORT_DIR") else "LAB10_REPORT_DIR=DIR keeps it")
     print("\n" + markdown_table(scenario))
 
 
