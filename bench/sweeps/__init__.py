@@ -6,7 +6,7 @@ lab's workflows or threads, how to count its rows, how ledger entries map to log
 
 from __future__ import annotations
 
-SCENARIOS = {"01": "lab01", "02": "lab02", "03": "lab03", "04": "lab04", "05": "lab05", "06": "lab06"}
+SCENARIOS = {"01": "lab01", "02": "lab02", "03": "lab03", "04": "lab04", "05": "lab05", "06": "lab06", "07": "lab07"}
 
 
 def load(lab: str, **options):
