@@ -81,12 +81,16 @@ SERVER_ENV = "LAB_SERVER_URL"  # `lab check NN --server URL`: a check that can u
 USE_RUNNING_ENV = "LAB_CHECK_USE_RUNNING"  # docs/decisions/check-servers.md
 
 
-def check_servers(environ: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
-    """The environment a check runs with, and one line saying which servers it uses.
+SERVICE_NAMES = {"temporal": "Temporal", "postgres": "PostgreSQL", "llm": "course LLM", "web": "course web",
+                 "sink": "notification sink", "restate": "Restate"}
 
-    A check starts its own Temporal and PostgreSQL on free ports, whatever TEMPORAL_ADDRESS and
-    DATABASE_URL say (`eval "$(lab env)"` sets them for the student's own runs): its evidence is
-    then its own. LAB_CHECK_USE_RUNNING=1 opts in to the running servers (those variables, else
+
+def check_servers(lab: course.Lab, environ: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+    """The environment a lab's check runs with, and one line saying which servers it uses.
+
+    A check starts its own servers on free ports, whatever TEMPORAL_ADDRESS and DATABASE_URL say
+    (`eval "$(lab env)"` sets them for the student's own runs): its evidence is then its own.
+    LAB_CHECK_USE_RUNNING=1 opts in to the running Temporal and PostgreSQL (those variables, else
     `lab up`'s), to watch the check's workflows in the Web UI. The course LLM is always the check's
     own: the verdicts read its ledger."""
     from .background import TEMPORAL_PORT, TEMPORAL_UI_PORT
@@ -94,29 +98,34 @@ def check_servers(environ: dict[str, str] | None = None) -> tuple[dict[str, str]
     from .services import port_open
 
     env = dict(os.environ if environ is None else environ)
+    own = [SERVICE_NAMES.get(name, name) for name in lab.services]
     if env.get(USE_RUNNING_ENV, "").strip().lower() not in ("1", "true", "yes"):
         ignored = [name for name in ("TEMPORAL_ADDRESS", "DATABASE_URL") if env.pop(name, None)]
-        return env, ("servers: the check's own (Temporal, PostgreSQL, course LLM on free ports, stopped after)"
+        return env, (f"servers: the check's own ({', '.join(own)}; free ports, stopped after)"
                      + (f"; your shell's {' and '.join(ignored)} not used ({USE_RUNNING_ENV}=1 uses them)"
                         if ignored else ""))
-    temporal = env.get("TEMPORAL_ADDRESS") or f"localhost:{TEMPORAL_PORT}"
-    host, _, port = temporal.rpartition(":")
-    if not port.isdigit() or not port_open(int(port), host or "127.0.0.1"):
-        console.print(f"[red]{USE_RUNNING_ENV}=1, but no Temporal answers at {temporal}[/red]: start "
-                      f"`lab up`, or unset {USE_RUNNING_ENV} and the check starts its own servers")
-        raise typer.Exit(2)
-    env["TEMPORAL_ADDRESS"] = temporal
-    used = [f"Temporal {temporal}"]
-    if temporal in (f"localhost:{TEMPORAL_PORT}", f"127.0.0.1:{TEMPORAL_PORT}") and port_open(TEMPORAL_UI_PORT):
-        used[0] += f" (its workflows in the Web UI, http://localhost:{TEMPORAL_UI_PORT})"
-    database = env.get("DATABASE_URL") or running_postgres()
-    if database:
-        env["DATABASE_URL"] = database
-        used.append(f"PostgreSQL {database} (its own databases there, dropped after)")
-    else:
-        used.append("its own PostgreSQL (none running)")
-    return env, (f"servers ({USE_RUNNING_ENV}=1): " + ", ".join(used)
-                 + "; the course LLM is the check's own (its ledger is the evidence)")
+    used = []
+    if "temporal" in lab.services:
+        temporal = env.get("TEMPORAL_ADDRESS") or f"localhost:{TEMPORAL_PORT}"
+        host, _, port = temporal.rpartition(":")
+        if not port.isdigit() or not port_open(int(port), host or "127.0.0.1"):
+            console.print(f"[red]{USE_RUNNING_ENV}=1, but no Temporal answers at {temporal}[/red]: start "
+                          f"`lab up`, or unset {USE_RUNNING_ENV} and the check starts its own servers")
+            raise typer.Exit(2)
+        env["TEMPORAL_ADDRESS"] = temporal
+        ui = temporal in (f"localhost:{TEMPORAL_PORT}", f"127.0.0.1:{TEMPORAL_PORT}") and port_open(TEMPORAL_UI_PORT)
+        used.append(f"Temporal {temporal}" + (f" (its workflows in the Web UI, http://localhost:{TEMPORAL_UI_PORT})"
+                                              if ui else ""))
+    if "postgres" in lab.services:
+        database = env.get("DATABASE_URL") or running_postgres()
+        if database:
+            env["DATABASE_URL"] = database
+            used.append(f"PostgreSQL {database} (its own databases there, dropped after)")
+    shared = {"temporal"} | ({"postgres"} if "DATABASE_URL" in env else set())
+    rest = [SERVICE_NAMES.get(name, name) for name in lab.services if name not in shared]
+    return env, (f"servers ({USE_RUNNING_ENV}=1): " + ", ".join(used or ["none of this lab's is shared"])
+                 + (f"; the check's own: {', '.join(rest)} (the course LLM always: its ledger is the evidence)"
+                    if rest else ""))
 
 
 def run_checks(lab: course.Lab, target_args: list[str], verbose: bool, server: str | None = None) -> list[dict]:
@@ -128,7 +137,7 @@ def run_checks(lab: course.Lab, target_args: list[str], verbose: bool, server: s
         if not verbose:
             argv += ["--no-header", "-rN", "--tb=no", "--disable-warnings"]
         pipe = None if verbose else subprocess.PIPE
-        env = {**check_servers()[0], **({SERVER_ENV: server} if server else {})}
+        env = {**check_servers(lab)[0], **({SERVER_ENV: server} if server else {})}
         child = subprocess.Popen(argv, cwd=REPO, stdout=pipe, stderr=pipe, text=True, env=env)
         try:
             stdout, stderr = child.communicate()
@@ -198,7 +207,7 @@ def check(
     if repeat > 1:
         raise typer.Exit(repeat_checks(lab, args, shown, repeat, verbose, server))
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown} … this takes a few seconds")
-    console.print(check_servers()[1], style="dim", markup=False)
+    console.print(check_servers(lab)[1], style="dim", markup=False)
     if server:
         console.print(f"with the server at {server} ({SERVER_ENV})", markup=False)
     ignored = lab.ignored_edits_note(target)
@@ -236,7 +245,7 @@ def repeat_checks(lab: course.Lab, target_args: list[str], shown: Path, runs: in
     """Run the whole check `runs` times: one line per run, then a summary a flake hunt can quote."""
     console.print(f"checking lab {lab.id} ({lab.title}) on {shown}, {runs} runs … a flake hunt: "
                   "every run must pass")
-    console.print(check_servers()[1], style="dim", markup=False)
+    console.print(check_servers(lab)[1], style="dim", markup=False)
     durations: list[float] = []
     failures: dict[str, list[int]] = {}
     first_message: dict[str, str] = {}

@@ -17,25 +17,36 @@ from pathlib import Path
 import pytest
 import typer
 
+from labkit import course
 from labkit.cli import USE_RUNNING_ENV, check_servers
 from labkit.services import TemporalServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+LABS = {lab.id: lab for lab in course.load().labs}
 pytestmark = pytest.mark.timeout(1200)  # two real `lab check 01` runs: a hang guard, not a speed target
 
 
 def test_without_the_opt_in_the_shells_servers_are_dropped():
-    env, line = check_servers({"TEMPORAL_ADDRESS": "localhost:7233", "DATABASE_URL": "postgresql://x@127.0.0.1:5433/p",
-                               "HOME": "/home/student"})
+    env, line = check_servers(LABS["01"], {"TEMPORAL_ADDRESS": "localhost:7233", "HOME": "/home/student",
+                                           "DATABASE_URL": "postgresql://x@127.0.0.1:5433/p"})
     assert env == {"HOME": "/home/student"}
-    assert line.startswith("servers: the check's own"), line
+    assert line.startswith("servers: the check's own (Temporal, course LLM;"), line
     assert "TEMPORAL_ADDRESS and DATABASE_URL not used" in line and USE_RUNNING_ENV in line, line
 
 
 def test_the_opt_in_with_nothing_running_refuses_instead_of_failing_the_student():
     with pytest.raises(typer.Exit) as stopped:
-        check_servers({USE_RUNNING_ENV: "1", "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"})
+        check_servers(LABS["01"], {USE_RUNNING_ENV: "1", "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"})
     assert stopped.value.exit_code == 2
+
+
+def test_the_opt_in_asks_only_for_the_servers_the_lab_uses():
+    """Lab 03 uses PostgreSQL, not Temporal: no Temporal is demanded, DATABASE_URL is kept."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    env, line = check_servers(LABS["03"], {USE_RUNNING_ENV: "1", "DATABASE_URL": url})
+    assert env["DATABASE_URL"] == url and "TEMPORAL_ADDRESS" not in env
+    assert line == (f"servers ({USE_RUNNING_ENV}=1): PostgreSQL {url} (its own databases there, dropped after); "
+                    "the check's own: course LLM (the course LLM always: its ledger is the evidence)"), line
 
 
 async def workflow_ids(address: str) -> list[str]:
@@ -64,14 +75,14 @@ def test_lab_check_uses_its_own_servers_unless_told_to_use_the_running_ones(tmp_
         own = lab_check(base)
         output = own.stdout + own.stderr
         assert own.returncode == 0, output
-        assert "servers: the check's own" in output and "TEMPORAL_ADDRESS not used" in output, output
+        assert "servers: the check's own (Temporal, course LLM;" in output, output
+        assert "TEMPORAL_ADDRESS not used" in output, output
         assert asyncio.run(workflow_ids(server.address)) == [], "the check ran workflows on the shell's server"
 
         shared = lab_check({**base, USE_RUNNING_ENV: "1"})
         output = shared.stdout + shared.stderr
         assert shared.returncode == 0, output
-        assert f"servers ({USE_RUNNING_ENV}=1): Temporal {server.address}" in output, output
-        assert "its own PostgreSQL (none running)" in output, output  # no `lab up` under this LAB_STATE_DIR
+        assert f"servers ({USE_RUNNING_ENV}=1): Temporal {server.address}; the check's own: course LLM" in output, output
         assert asyncio.run(workflow_ids(server.address)), "the check's workflows did not reach the running server"
     finally:
         server.stop()
