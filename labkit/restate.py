@@ -264,6 +264,13 @@ class RestateServer:
             found.setdefault(row["service_key"], {})[row["key"]] = value
         return found
 
+    def resume(self, invocation_id: str) -> None:
+        """Retry a backing-off (or paused) invocation now instead of at its next backoff (admin
+        PATCH /invocations/<id>/resume): what an operator does once the service answers again."""
+        response = httpx.patch(f"{self.admin_url}/invocations/{invocation_id}/resume", timeout=30)
+        if response.status_code not in (200, 202):
+            raise ServiceError(f"Restate did not resume {invocation_id} ({response.status_code}): {response.text[:300]}")
+
     # --- ingress -----------------------------------------------------------------------------------
 
     def _path(self, service: str, key: str | None, handler: str) -> str:

@@ -5,8 +5,9 @@ script is model -> post_message -> model (a rule per session, answered `latency_
 answers each post `send_latency_s` late, recording it on arrival), sent to restate-server
 `start_gap_s` apart. One service process serves every session (one host); a kill SIGKILLs it, and
 the restart starts a new one on the same port as on another host (fresh cwd, TMPDIR, HOME):
-restate-server retries the invocations there by itself. restate-server itself is never killed
-here (tests/test_restate_server_fault.py does that).
+restate-server retries the invocations there; once the new service serves, the sweep resumes the
+backing-off ones at once (admin API), so a kill lands on running steps rather than on a backoff.
+restate-server itself is never killed here (tests/test_restate_server_fault.py does that).
 
 Two ledgers, one rule (labkit.sweep):
 - model turns: turn N of session S = the course LLM's entries under the trial's key whose prompt
@@ -139,6 +140,11 @@ class Sweep:
         deadline = time.monotonic() + 300
         while service.alive and "Running on" not in service.output() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # restate-server retries a failed invocation after a backoff (up to 2 s here): a kill in that
+        # window finds nothing running. Resume them now, as an operator would after a restart.
+        for invocation in self.invocations.values():
+            if (self.server.invocation(invocation) or {}).get("status") == "backing-off":
+                await asyncio.to_thread(self.server.resume, invocation)
 
     def processes(self) -> list:
         return self.services[-1:]
