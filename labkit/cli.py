@@ -4,6 +4,7 @@
     lab check NN [--path DIR | --solution] [--repeat N] [--server URL]
     lab hint NN      lab demo NN
     lab watch NN     lab reset NN     lab solution NN      (students)
+    lab hold [WORKFLOW_ID]     lab release WORKFLOW_ID   (hold a retry while you kill a worker)
     lab grade SUBMISSIONS                                  (instructors)
 """
 
@@ -698,6 +699,70 @@ def approve(
         raise typer.Exit(2) from None
     console.print(str(result), markup=False)
     raise typer.Exit(1 if result.accepted is False else 0)
+
+
+@app.command()
+def hold(
+    workflow_id: Optional[str] = typer.Argument(None, help="the workflow to watch (default: every running one)"),
+    activity: Optional[str] = typer.Option(None, "--activity", help="only this activity type"),
+    timeout: float = typer.Option(600.0, "--timeout", help="give up after this many seconds without a failure"),
+) -> None:
+    """Hold the next retry: once an activity fails, pause it on the server until `lab release`.
+
+    Start it before the workflow, then kill the worker by hand while the retry is held."""
+    from . import hold as holding
+    from .aio import run_sync
+
+    where = f"workflow {workflow_id}" if workflow_id else "every running workflow"
+    console.print(f"watching {where} on {holding.address()} for an activity that fails and waits for its "
+                  "retry … (Ctrl-C stops)")
+
+    async def watch():
+        return await holding.hold(await holding.connect(), workflow_id, activity, timeout)
+
+    try:
+        held = run_sync(watch())
+    except TimeoutError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    except RuntimeError as err:  # no server at the address
+        console.print(f"[red]cannot reach Temporal at {holding.address()}[/red]: {err} (`lab up`, then "
+                      "eval \"$(lab env)\")")
+        raise typer.Exit(2) from None
+    console.print(f"{held.activity} attempt {held.failed_attempt} of {held.workflow_id} failed "
+                  f"({held.failure}), on worker {held.worker or '?'}.", markup=False)
+    if held.too_late:
+        console.print(f"[yellow]too late[/yellow]: attempt {held.failed_attempt + 1} had already started before "
+                      f"the pause reached the server; `lab release {held.workflow_id}` and try another run.")
+        raise typer.Exit(1)
+    console.print(f"[bold]held[/bold]: attempt {held.failed_attempt + 1} waits until you release it, however "
+                  "long the retry timer was.")
+    kill = f"kill -9 {held.worker_pid}" if held.worker_pid else "kill -9 <the worker's pid>"
+    console.print(f"now: {kill}   (the worker that ran it), start a new worker, then:  "
+                  f"lab release {held.workflow_id}", markup=False)
+
+
+@app.command()
+def release(workflow_id: str = typer.Argument(..., help="the workflow `lab hold` paused")) -> None:
+    """Let a held retry run (unpause the workflow's paused activities): it starts at once."""
+    from . import hold as holding
+    from .aio import run_sync
+
+    async def unpause():
+        return await holding.release(await holding.connect(), workflow_id)
+
+    try:
+        released = run_sync(unpause())
+    except RuntimeError as err:
+        console.print(f"[red]cannot reach Temporal at {holding.address()}[/red]: {err}")
+        raise typer.Exit(2) from None
+    except Exception as err:  # e.g. no such workflow
+        console.print(f"[red]{workflow_id}[/red]: {err}", markup=False)
+        raise typer.Exit(1) from None
+    if not released:
+        console.print(f"{workflow_id} has no paused activity: nothing to release.")
+        raise typer.Exit(1)
+    console.print(f"released: {', '.join(released)}: its next attempt starts now, on any worker polling.")
 
 
 @app.command()
