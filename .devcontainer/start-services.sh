@@ -5,8 +5,8 @@
 #
 # - `lab up` runs in the foreground and returns once every service answers; each service runs
 #   detached, in a process group of its own (labkit.proc), its PID in $STATE/services.json.
-# - JupyterLab runs under setsid + nohup: a session of its own, no hangup, stdin closed; its PID
-#   goes to $STATE/jupyter.pid.
+# - JupyterLab runs in a session of its own, without a terminal, stdin closed; its PID goes to
+#   $STATE/jupyter.pid.
 # Logs: $STATE/logs/lab-up.log (what `lab up` said), $STATE/logs/jupyter.log, and each service's
 # own log under $STATE/ (temporal/temporal.log, llm.log, ...). $STATE is .lab/ (LAB_STATE_DIR moves
 # it). Stop: `lab down` stops the services; `kill $(cat .lab/jupyter.pid)` stops JupyterLab.
@@ -23,19 +23,24 @@ mkdir -p "$LOGS"
 
 "$BIN/lab" up 2>&1 | tee "$LOGS/lab-up.log"
 
-if [ -f "$STATE/jupyter.pid" ] && grep -qs jupyter "/proc/$(cat "$STATE/jupyter.pid")/cmdline"; then
+if [ -f "$STATE/jupyter.pid" ] && "$BIN/python" -c 'import psutil, sys; p = psutil.Process(int(sys.argv[1])); sys.exit("jupyter" not in " ".join(p.cmdline()))' "$(cat "$STATE/jupyter.pid")" 2>/dev/null; then
     echo "jupyter: already running (pid $(cat "$STATE/jupyter.pid"))"
 else
-    setsid nohup "$BIN/jupyter" lab --no-browser --ip=127.0.0.1 --port="$JUPYTER_PORT" --port-retries=0 --allow-root \
-        --ServerApp.root_dir="$PWD" --IdentityProvider.token='' >"$LOGS/jupyter.log" 2>&1 </dev/null &
-    pid=$!
-    echo "$pid" >"$STATE/jupyter.pid"
-    # Return only once it is in a session of its own: until setsid runs, it is still in this
-    # command's process group, which may be killed as soon as this script returns.
-    for _ in $(seq 600); do
-        [ "$(awk '{print $6}' "/proc/$pid/stat" 2>/dev/null)" = "$pid" ] && break
-        sleep 0.1
-    done
+    # A session of its own (setsid in the child before exec: Popen returns only after the exec), no
+    # terminal, stdin closed: nothing this command's end sends (a group kill, a hangup) reaches it.
+    pid=$("$BIN/python" - "$STATE/jupyter.pid" "$LOGS/jupyter.log" "$BIN/jupyter" lab --no-browser --ip=127.0.0.1 \
+        --port="$JUPYTER_PORT" --port-retries=0 --allow-root --ServerApp.root_dir="$PWD" \
+        --IdentityProvider.token='' <<'PY'
+import subprocess, sys
+pid_file, log, *argv = sys.argv[1:]
+with open(log, "ab") as out:
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+with open(pid_file, "w") as handle:
+    handle.write(f"{child.pid}\n")
+print(child.pid)
+PY
+)
     echo "jupyter: started (pid $pid), http://localhost:$JUPYTER_PORT"
 fi
 echo "logs: $LOGS/lab-up.log, $LOGS/jupyter.log; each service's own log under $STATE/"
