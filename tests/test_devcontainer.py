@@ -123,6 +123,14 @@ def test_the_post_start_script_starts_services_that_outlive_it_and_notebooks_use
         assert not headless.stdout.startswith(f"127.0.0.1:{ports['LAB_TEMPORAL_PORT']} "), headless.stdout
         assert "`lab up`" not in headless.stdout and "temporal server start-dev" in headless.stdout, headless.stdout
 
+        # the next container start runs it again: what runs is kept, nothing is started twice
+        again = subprocess.run(["bash", str(SCRIPT)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=HANG_S, start_new_session=True)
+        assert again.returncode == 0, again.stdout + again.stderr
+        for name in ("temporal", "llm", "web", "sink"):
+            assert f"{name}: already running (pid {registry[name]['pid']})" in again.stdout, again.stdout
+        assert f"jupyter: already running (pid {jupyter_pid})" in again.stdout, again.stdout
+
         # stopped by PID: lab down (its registry's PIDs, PostgreSQL's postmaster.pid), JupyterLab's PID file
         down = subprocess.run([str(REPO / ".venv" / "bin" / "lab"), "down"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=HANG_S)
