@@ -91,6 +91,12 @@ def main() -> None:
     else:
         asyncio.run(run_restate(batch))
     print(f"DONE {os.getpid()} runtime={runtime} batch={batch.batch_id}", flush=True)
+    if runtime == "temporal":
+        # The Temporal SDK's native threads can still call into Python while the interpreter
+        # finalizes (measured: SIGABRT "PyGILState_Release ... finalizing" after a 200-question
+        # batch had finished). Everything the batch did is in the store: leave without finalizing.
+        sys.stdout.flush()
+        os._exit(0)
     sys.exit(0)
 
 
