@@ -43,9 +43,9 @@ SUMMARY_TAG = "[lab08 summarize]"
 NOTICE = ("This lab runs on the SDK's in-process executor (the course's copy of "
           "inngest.experimental.mocked), not on an Inngest server.")
 HOLD_CHUNK_MS = 200  # a held page sends a byte every 0.2 s for as long as it is held
-# Hang guards, not verdicts: a right program finishes long before; a wrong one that never does is stopped.
-RELEASE_HANG_S = 300.0
-RUN_HANG_S = 300.0
+# The grader's last guard, not a verdict: a right program finishes long before, and a stuck one is seen
+# stuck (labkit.proc.Watchdog) long before.
+RUN_HANG_S = 600.0
 
 CORPUS, _ = load_corpus([DEFAULT_CORPUS])
 TOPICS = sorted({doc.topic for doc in CORPUS.values()
@@ -181,33 +181,7 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
     process = proc.start(argv, name="lab08-run", log_path=workdir / "run.log", env=env, cwd=workdir, student=True)
     ledger = web.ledger()
     try:
-        released = False
-        deadline = time.monotonic() + RELEASE_HANG_S
-        # A program that blocks its event loop (a sync HTTP call in an async step) never gets its other
-        # running steps to their fetch: it sits waiting on the held page. That is a state too (labkit.proc.Watchdog).
-        watchdog = proc.Watchdog(process.pid)
-        while process.alive and not released:
-            fetches = ledger.fetches(run.key)
-            in_flight = [f for f in fetches if f.outcome == "started"]
-            steps = running_steps(read_trace(trace_path))
-            outside = [f for f in in_flight if step_of(f.origin) is None]
-            waiting = watchdog.stuck() if in_flight else None
-            if in_flight and (outside or len(in_flight) >= len(steps) or waiting):
-                run.overlap, run.steps_in_flight = len(in_flight), steps
-                run.release_reason = ("fetch outside a step" if outside else "every running step is fetching"
-                                      if len(in_flight) >= len(steps) else f"the program waits: {waiting}")
-                released = True
-            elif time.monotonic() > deadline:
-                run.hung = (f"the held pages were never released: {len(in_flight)} fetch(es) in flight while the "
-                            f"executor ran the steps {steps}")
-                break
-            else:
-                time.sleep(0.05)
-        for slug in run.slugs:  # release: every page answers whole from now on (the 503 stays for a first fetch)
-            extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
-            web.set_behaviour(slug, caller=run.key, **extra)
-        if process.wait(RUN_HANG_S) is None and not run.hung:
-            run.hung = f"the run was still going {RUN_HANG_S:.0f} s after the pages were released"
+        watch_run(run, process, web, ledger, trace_path)
     finally:
         process.stop()
     run.exit_code = process.returncode
@@ -224,6 +198,53 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
     run.searches = [e for e in ledger.entries(caller=run.key) if e.kind == "search"]
     run.llm = llm.ledger().entries(caller=run.key)
     return run
+
+
+def release_pages(run: Run, web) -> None:
+    """Every page answers whole from now on (the failing page still fails a first fetch)."""
+    for slug in run.slugs:
+        extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
+        web.set_behaviour(slug, caller=run.key, **extra)
+
+
+def watch_run(run: Run, process, web, ledger, trace_path: Path) -> None:
+    """Hold the pages until every running step is downloading, release them, wait for the run to end.
+
+    Judged by states, never by the clock: the pages are released when the fetches in flight are as many
+    as the steps the executor runs (or a fetch comes from outside any step); a program that blocks its
+    event loop (a sync HTTP call in an async step) never gets its other steps to their fetch and sits
+    waiting on the held page, which labkit.proc.Watchdog sees (little CPU, seldom runnable) and which
+    releases the pages too. Once released, a program that waits for something that never comes (or
+    loops) is stopped with what it was doing; RUN_HANG_S is only the grader's last guard."""
+    released = False
+    watchdog = proc.Watchdog(process.pid)
+    deadline = time.monotonic() + RUN_HANG_S
+    try:
+        while process.alive:
+            in_flight = [f for f in ledger.fetches(run.key) if f.outcome == "started"]
+            stuck = watchdog.stuck()
+            if not released and in_flight:
+                steps = running_steps(read_trace(trace_path))
+                outside = [f for f in in_flight if step_of(f.origin) is None]
+                if outside or len(in_flight) >= len(steps) or stuck:
+                    run.overlap, run.steps_in_flight = len(in_flight), steps
+                    run.release_reason = ("a fetch outside any step" if outside else "every running step is fetching"
+                                          if len(in_flight) >= len(steps) else f"the program waits: it {stuck}")
+                    release_pages(run, web)
+                    released, watchdog = True, proc.Watchdog(process.pid)
+                    continue
+            elif stuck:
+                steps = running_steps(read_trace(trace_path))
+                run.hung = (f"the program {stuck} (steps running: {steps or 'none'}; "
+                            f"{len(in_flight)} page download(s) in flight)")
+                return
+            if time.monotonic() > deadline:
+                run.hung = f"the run was still going after {RUN_HANG_S:.0f} s"
+                return
+            time.sleep(0.05)
+    finally:
+        if not released:
+            release_pages(run, web)
 
 
 def completed(run: Run) -> Run:
@@ -270,7 +291,7 @@ def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
     evidence.update(executor="in-process (not a server)", body_calls=run.body_calls, pages=run.max_pages)
     if run.hung:
         raise CheckFailed(f"The run did not finish: {run.hung}. {NOTICE}",
-                          observed=run.hung, expected="the run completes once the held pages are released",
+                          observed=run.hung, expected="every step finishes (or fails and is retried) and the run completes",
                           details=tail(run.log))
     if run.completed:
         return
