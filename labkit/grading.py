@@ -259,7 +259,9 @@ def grade_one(submission: Path, lab: Lab, workdir: Path, time_limit: float, log_
     changed = pristine.changes(pristine_snapshot(), relative_to=REPO)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        note = f"lab {lab.id} of submission {submission.name}: graded {result.graded_shown}\n"
+        inside = "" if result.graded_folder == "." else result.graded_folder
+        note = (f"lab {lab.id}: graded {submission.name}/{inside}"
+                + (" (the lab's files, at the submission's top)" if not inside else "") + "\n")
         note += f"symlinks left out of the graded copy: {', '.join(skipped)}\n" if skipped else ""
         note += f"{result.note}\n" if result.note else ""
         note += "".join(f"left running after the checks (killed): {line}\n" for line in escaped)
@@ -439,6 +441,8 @@ def write_junit(submission: str, results: list[LabResult], path: Path) -> None:
                               failures=str(sum(not c.passed and not c.blocked for c in r.checks)),
                               skipped=str(sum(c.blocked for c in r.checks)), errors="0",
                               time=f"{r.duration:.2f}")
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="graded_folder", value=r.graded_folder)
         for c in r.checks:
             case = ET.SubElement(suite, "testcase", classname=f"lab{r.lab.id}", name=c.name,
                                  time=f"{c.duration:.2f}")

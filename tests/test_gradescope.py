@@ -257,4 +257,4 @@ def test_the_readmes_local_recipe_runs_as_written(tmp_path):
     assert f"lab01: 0/{MAX} (graded {folder})" in result["output"], result  # which folder was graded
     assert f"graded {folder}" in output, output
     log = (here / "ROOT" / "results" / "logs" / "lab01.log").read_text()
-    assert log.splitlines()[0] == f"lab 01 of submission submission: graded {folder}", log[:300]
+    assert log.splitlines()[0] == f"lab 01: graded submission/{folder}", log[:300]

@@ -225,7 +225,8 @@ def test_a_syntax_error_is_reported_with_its_file_and_line_and_the_graded_folder
     assert f"SyntaxError: expected ':' (activities.py:{line})" in row["failed_checks"], row
     assert f"[graded {folder}]" in graded.stdout, graded.describe()
     log = (graded.out / "logs" / "zoe-lab01.log").read_text()
-    assert log.splitlines()[0] == f"lab 01 of submission zoe: graded {folder}", log[:500]
+    assert log.splitlines()[0] == f"lab 01: graded zoe/{folder}", log[:500]
+    assert graded.junit("zoe").find("testsuite/properties/property[@name='graded_folder']").get("value") == folder
     assert f"lab01: 0/{MAX} (graded {folder})" in graded.gradescope("zoe")["output"]
     message = graded.junit("zoe").find("testsuite/testcase/failure").text
     revisit = message.split("revisit:", 1)[1].split("details:", 1)[0]
