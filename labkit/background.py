@@ -39,6 +39,10 @@ TEMPORAL_UI_PORT = _port("LAB_TEMPORAL_UI_PORT", 8233)
 LLM_PORT = _port("LAB_LLM_PORT", 8300)
 WEB_PORT = _port("LAB_WEB_PORT", 8310)  # the course web (labkit.web): labs 04 and 05 search and fetch there
 SINK_PORT = _port("LAB_SINK_PORT", 8320)  # the notification sink (labkit.sink): lab 06's chat service
+# restate-server's own default ports (Lab 07)
+RESTATE_INGRESS_PORT = _port("LAB_RESTATE_INGRESS_PORT", 8080)
+RESTATE_ADMIN_PORT = _port("LAB_RESTATE_ADMIN_PORT", 9070)
+RESTATE_NODE_PORT = _port("LAB_RESTATE_NODE_PORT", 5122)
 REGISTRY = STATE_DIR / "services.json"
 OWN_TEMPORAL = f"localhost:{TEMPORAL_PORT}"  # TEMPORAL_ADDRESS naming these is not "another server"
 STUDENT_KEY = "lab-student"
@@ -53,6 +57,9 @@ def student_env() -> dict[str, str]:
         "DATABASE_URL": os.environ.get("DATABASE_URL", postgres.up_url()),
         "COURSE_WEB_URL": f"http://127.0.0.1:{WEB_PORT}",
         "LAB06_NOTIFY_URL": f"http://127.0.0.1:{SINK_PORT}/api/messages",
+        "LAB07_NOTIFY_URL": f"http://127.0.0.1:{SINK_PORT}/api/messages",
+        "RESTATE_INGRESS_URL": f"http://127.0.0.1:{RESTATE_INGRESS_PORT}",
+        "RESTATE_ADMIN_URL": f"http://127.0.0.1:{RESTATE_ADMIN_PORT}",
     }
 
 
@@ -90,6 +97,15 @@ def up() -> Iterator[str]:
                                             detached=True), [LLM_PORT]))
     wanted.append(("web", lambda: CourseWeb(STATE_DIR, port=WEB_PORT, detached=True), [WEB_PORT]))
     wanted.append(("sink", lambda: NotificationSink(STATE_DIR, port=SINK_PORT, detached=True), [SINK_PORT]))
+    from . import restate  # Lab 07: the Restate server from npm, when it is installed
+
+    missing = restate.unavailable()
+    if missing:
+        yield f"restate: not started: {missing}"
+    else:
+        wanted.append(("restate", lambda: restate.RestateServer(
+            STATE_DIR / "restate", ingress_port=RESTATE_INGRESS_PORT, admin_port=RESTATE_ADMIN_PORT,
+            node_port=RESTATE_NODE_PORT, detached=True), [RESTATE_INGRESS_PORT, RESTATE_ADMIN_PORT]))
     started = []
     for name, make, ports in wanted:
         if name in registry and _running(registry[name]):
@@ -103,7 +119,7 @@ def up() -> Iterator[str]:
         service = make().launch()
         started.append((name, service))
         registry[name] = {"pid": service.process.pid, "program": Path(service.process.argv[0]).name
-                          if name == "temporal" else f"labkit.{name}"}
+                          if name in ("temporal", "restate") else f"labkit.{name}"}
     for name, service in started:
         try:
             service.wait_ready()
