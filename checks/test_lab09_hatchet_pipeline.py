@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import random
 import re
 import sqlite3
@@ -39,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from labkit import course, prefork, proc
-from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+from labkit.feedback import CheckFailed, NotChecked, parse_error, student_error, tail, unfinished
 from labkit.services import CourseLLM
 
 LAB = "09"
@@ -348,6 +349,13 @@ class Engine:
                 todo = unfinished(attempt.error or "", LAB) or unfinished(attempt.log, LAB)
                 if todo:
                     raise todo
+                if attempt.stuck:  # nothing after it can be judged: stop here, with the reason
+                    raise failed(f"{attempt.note} never finished: it {attempt.stuck}",
+                                 observed="the attempt's process was stopped (it made no progress)",
+                                 expected="a task attempt that returns or raises",
+                                 revisit="Something in the task waits for what never comes: an input(), a lock, "
+                                         "an event nobody sets, a server that never answers.",
+                                 details=tail(attempt.log, 8))
                 if attempt.ok:
                     run.outputs[task] = attempt.output
                     break
@@ -451,7 +459,9 @@ def scenario(course_llm, lab_target, tmp_path_factory) -> Scenario:
                 f"The workflow could not be loaded: {error}",
                 observed="`python -m <lab>.describe` (it imports workflow.py and prints the registration) failed",
                 expected="workflow.py imports, and defines `pipeline` = hatchet.workflow(...) with its tasks",
-                revisit="Run `python -m lab09_hatchet_pipeline.describe` in the lab folder's parent to see the error.",
+                revisit=("Python could not parse workflow.py: fix the line the error names (nothing in it ran)."
+                         if parse_error(log) else
+                         "Run `python -m lab09_hatchet_pipeline.describe` in the lab folder's parent to see the error."),
                 details=tail(log))
         found.tasks = {t.get("readable_id"): t for t in found.registration.get("tasks", [])}
         course_llm.wait_ready()
@@ -511,6 +521,13 @@ def run_failure(run: Run, scenario: Scenario, what: str) -> CheckFailed:
                       revisit="Something in the task waits forever: an input(), a lock, a server that never answers.",
                       details=tail(last.log, 8))
     attempts = len(run.of(run.failed_task))
+    if "429" in error or "RateLimitError" in error:
+        return failed(f"{what}: {run.failed_task} of the {run.doc.role} document ran out of retries on a 429",
+                      observed=f"{attempts} attempt(s) of {run.failed_task} (retries={scenario.retries(run.failed_task)}), "
+                               f"the last: {error}",
+                      expected=f"enough retries on {run.failed_task} for the provider's 429s (this document got "
+                               f"{max(run.doc.extract_429, 0) if run.failed_task == 'extract' else run.doc.classify_429})",
+                      revisit=REVISIT_RETRIES, details=tail(last.log, 8))
     return failed(f"{what}: {run.failed_task} of the {run.doc.role} document failed {attempts} time(s): {error}",
                   observed=f"every attempt of {run.failed_task} ({attempts}, retries={scenario.retries(run.failed_task)}) "
                            f"raised; the last: {error}",
@@ -541,6 +558,8 @@ def test_the_workflow_declares_the_four_tasks_as_a_dag(scenario, evidence):
     the tasks whose output it is built from (extract -> embed -> classify -> store)."""
     scenario.require(owner=True)
     evidence["engine"] = "hatchet-sdk mock_run, not a server"
+    if os.environ.get("LAB_SERVER_URL"):  # `lab check 09 --server URL`: not supported by this lab yet
+        evidence["server"] = "ignored (Lab 09 grades on mock_run only; see its README)"
     if scenario.dag_failure is not None:
         raise scenario.dag_failure
     evidence["order"] = "->".join(scenario.order)
@@ -847,7 +866,8 @@ def test_the_workflow_limits_concurrent_runs_per_provider(scenario, evidence):
     watch runs wait), then every task that calls the LLM falls under a concurrency expression whose
     key is the same for two documents of one provider and differs between providers, with max_runs =
     the number the environment gave and a strategy that queues rather than cancels."""
-    scenario.require()
+    if scenario.registration is None or (scenario.failure and scenario.failure.summary.startswith("Not implemented")):
+        scenario.require()  # the declaration is all this check needs: a run that failed later does not block it
     evidence["engine"] = "mock_run (declaration read, not enforced)"
     a, b = random.Random().sample(PROVIDERS, 2)
     docs = ({"doc_id": "doc-a1", "provider": a, "title": "Lease 101", "body": "rent due"},

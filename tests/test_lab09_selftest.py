@@ -19,12 +19,12 @@ from labkit import course
 
 LAB = course.load().lab("09")
 CHANGED = ("workflow.py",)
+EVERY_CHECK = tuple(c.name for c in LAB.checks)
 
 VARIANTS = [
     # the openai client's default max_retries=2 retries the 429 inside one attempt
     Variant("client_retries", changed=CHANGED, fails={
-        "retry-on-429": ("One attempt of classify sent 3 requests", "retried inside the attempt, not by Hatchet",
-                         "max_retries=0"),
+        "retry-on-429": ("the 429 was retried inside the attempt, not by Hatchet", "max_retries=0"),
     }),
     # a 429 caught and turned into a default label (issue 14 class 4: exhaust the retries)
     Variant("swallows_429", changed=CHANGED, fails={
@@ -67,6 +67,13 @@ VARIANTS = [
     }),
     Variant("cancel_strategy", changed=CHANGED, fails={
         "concurrency-per-provider": ("uses CANCEL_NEWEST", "its document is never processed"),
+    }),
+    # bad input: a verdict within the check's limit, nothing left running
+    Variant("syntax_error", changed=CHANGED, blocked=EVERY_CHECK[1:], fails={
+        "dag-declared": ("The workflow could not be loaded: SyntaxError", "workflow.py:", "could not parse"),
+    }),
+    Variant("waits_forever", changed=CHANGED, blocked=EVERY_CHECK[1:-1], fails={
+        "dag-declared": ("extract of doc-", "never finished", "waits for something that never comes"),
     }),
     Variant("good_sync_tasks_sql_upsert"),
 ]
