@@ -21,6 +21,7 @@ each step attempt, each event sent).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sys
@@ -34,14 +35,18 @@ import pytest
 
 from labkit import course, proc
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
-from labkit.services import CourseLLM
+from labkit.services import CourseLLM, free_port
 from labkit.web import DEFAULT_CORPUS, WebEntry, load_corpus, rank
 
 LAB = "08"
 COMPLETED = "lab08/research.completed"  # as in the lab's models.py (a course file)
 SUMMARY_TAG = "[lab08 summarize]"
+SERVER_ENV = "LAB_SERVER_URL"  # set by `lab check 08 --server URL` (labkit.cli.SERVER_ENV)
 NOTICE = ("This lab runs on the SDK's in-process executor (the course's copy of "
           "inngest.experimental.mocked), not on an Inngest server.")
+if os.environ.get(SERVER_ENV):
+    NOTICE = (f"This run used the Inngest server at {os.environ[SERVER_ENV]} (lab check --server, a mode "
+              "untested in the course), not the in-process executor.")
 HOLD_CHUNK_MS = 200  # a held page sends a byte every 0.2 s for as long as it is held
 # The grader's last guard, not a verdict: a right program finishes long before, and a stuck one is seen
 # stuck (labkit.proc.Watchdog) long before.
@@ -176,10 +181,14 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
                                 OPENAI_API_KEY=run.key, LAB08_TRACE=str(trace_path),
                                 HOME=str(workdir / "home"))
     (workdir / "home").mkdir()
+    ledger = web.ledger()
+    server = os.environ.get(SERVER_ENV)
+    if server:  # `lab check 08 --server URL`: the same scenario on a real Inngest server (untested here)
+        run_on_server(run, server.rstrip("/"), lab_target, env, workdir, web, ledger, trace_path)
+        return collect(run, llm, ledger, trace_path)
     argv = [sys.executable, "-m", lab_target.module("runner"), "--topic", run.topic,
             "--max-pages", str(run.max_pages), "--run-id", run.run_id, "--trace", str(trace_path)]
     process = proc.start(argv, name="lab08-run", log_path=workdir / "run.log", env=env, cwd=workdir, student=True)
-    ledger = web.ledger()
     try:
         watch_run(run, process, web, ledger, trace_path)
     finally:
@@ -193,11 +202,90 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
                 break
             except ValueError:
                 continue
+    return collect(run, llm, ledger, trace_path)
+
+
+def collect(run: Run, llm, ledger, trace_path: Path) -> Run:
     run.trace = read_trace(trace_path)
     run.fetches = ledger.fetches(run.key)
     run.searches = [e for e in ledger.entries(caller=run.key) if e.kind == "search"]
     run.llm = llm.ledger().entries(caller=run.key)
     return run
+
+
+# --- `lab check 08 --server URL`: the same scenario on a real Inngest dev server --------------------
+# UNTESTED in this course: the dev server (npm inngest-cli) downloads its binary at install, which
+# cannot happen offline. Written from the SDK's serve() and Inngest's documented REST API
+# (POST /e/{key}, GET /v1/events/{id}/runs).
+
+def run_on_server(run: Run, server: str, lab_target, env: dict, workdir: Path, web, ledger, trace_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    env = dict(env, INNGEST_DEV=server, INNGEST_BASE_URL=server, LAB08_APP_ID=f"lab08-check-{run.key}")
+    argv = [sys.executable, "-m", lab_target.module("serve"), "--port", str(port), "--trace", str(trace_path)]
+    # An app the server calls must listen on a port, which the student sandbox forbids (labkit.limits: no TCP
+    # bind). This mode is the student's own `lab check` against their own server, so the app runs unconfined,
+    # still under labkit.attribution (every request tied to its step).
+    from labkit import attribution
+
+    app = proc.start(attribution.wrap_argv(argv, env), name="lab08-app", log_path=workdir / "app.log", env=env,
+                     cwd=workdir)
+    endpoint = f"http://127.0.0.1:{port}/api/inngest"
+    try:
+        drive_server_run(run, server, app, endpoint, web, ledger)
+    except (httpx.HTTPError, KeyError, IndexError, ValueError, TypeError) as err:
+        run.hung = f"talking to the Inngest server at {server} failed: {type(err).__name__}: {err}"
+    finally:
+        if not run.overlap:
+            release_pages(run, web)
+        app.stop()
+        run.log = app.output()
+
+
+def drive_server_run(run: Run, server: str, app, endpoint: str, web, ledger) -> None:
+    import httpx
+
+    deadline = time.monotonic() + proc.START_HANG_S
+    while True:
+        try:
+            if httpx.get(endpoint, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if not app.alive or time.monotonic() > deadline:
+            run.hung = f"the app (serve.py) did not answer on {endpoint}"
+            run.log = app.output()
+            return
+        time.sleep(0.2)
+    synced = httpx.put(endpoint, timeout=30)  # the SDK registers the app's functions with the server
+    if synced.status_code >= 300:
+        run.hung = f"the app could not sync with {server}: {synced.status_code} {synced.text[:300]}"
+        return
+    sent = httpx.post(f"{server}/e/lab08-check", timeout=30, json={
+        "name": "lab08/research.requested",
+        "data": {"run_id": run.run_id, "topic": run.topic, "max_pages": run.max_pages}})
+    event_id = sent.json()["ids"][0]
+    released, watchdog = False, proc.Watchdog(app.pid)
+    deadline = time.monotonic() + RUN_HANG_S
+    while time.monotonic() < deadline:
+        runs = httpx.get(f"{server}/v1/events/{event_id}/runs", timeout=30).json().get("data") or []
+        status = runs[0].get("status") if runs else None
+        if status in ("Completed", "Failed", "Cancelled"):
+            run.outcome = {"status": "completed" if status == "Completed" else "failed",
+                           "output": runs[0].get("output"), "error": None if status == "Completed" else status}
+            break
+        in_flight = [f for f in ledger.fetches(run.key) if f.outcome == "started"]
+        if not released and in_flight and (len(in_flight) >= len(run.slugs) or watchdog.stuck()):
+            # A server's steps arrive as separate requests: released when every page is downloading, or
+            # when the app sits waiting on the held pages (it has nothing else to do).
+            run.overlap, run.steps_in_flight = len(in_flight), sorted(
+                {s["id"] for f in in_flight if (s := step_of(f.origin))})
+            release_pages(run, web)
+            released = True
+        time.sleep(0.2)
+    else:
+        run.hung = f"the server's run for event {event_id} had not ended after {RUN_HANG_S:.0f} s"
 
 
 def release_pages(run: Run, web) -> None:
@@ -288,7 +376,8 @@ def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
     When the course's in-process executor drives the student's research_agent to its end,
     Then the run completes (a page's 503 and the LLM's 500 are retried, not fatal)."""
     run = scenario
-    evidence.update(executor="in-process (not a server)", body_calls=run.body_calls, pages=run.max_pages)
+    evidence.update(executor=f"server {os.environ[SERVER_ENV]}" if os.environ.get(SERVER_ENV) else "in-process (not a server)",
+                    body_calls=run.body_calls, pages=run.max_pages)
     if run.hung:
         raise CheckFailed(f"The run did not finish: {run.hung}. {NOTICE}",
                           observed=run.hung, expected="every step finishes (or fails and is retried) and the run completes",

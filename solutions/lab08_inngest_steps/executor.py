@@ -84,8 +84,11 @@ def _observe_steps() -> None:
     async def run(self, step_id, handler, *handler_args, **kwargs):
         async def observed(*args):
             invocation = _invocation.get()
-            step = {"type": "inngest-step", "id": step_id, "attempt": invocation.get("attempt", 0),
-                    "workflow_id": invocation.get("run_id"), "run_id": invocation.get("run_id")}
+            # the attempt and run the executor (or a server) sent with this call
+            request = getattr(getattr(self._execution, "_request", None), "ctx", None)
+            attempt = request.attempt if request else invocation.get("attempt", 0)
+            run_id = request.run_id if request else invocation.get("run_id")
+            step = {"type": "inngest-step", "id": step_id, "attempt": attempt, "workflow_id": run_id, "run_id": run_id}
             token = _current_step.set(step)
             _attribute(step)
             _trace.write("step-start", step=step_id, attempt=step["attempt"], body=invocation.get("body"))
@@ -113,20 +116,44 @@ def _event_record(events) -> list[dict]:
     return [{"name": getattr(e, "name", None), "data": getattr(e, "data", None)} for e in events]
 
 
-def _observe_sends() -> None:
+def _observe_sends(forward: bool = False) -> None:
     """An event sent with the app's own client (not through a step) would reach the server once per
-    call of the function body: record it here instead of failing to connect."""
+    call of the function body: record it here instead of failing to connect (forward=True, with a
+    real server: record it and send it)."""
     if getattr(inngest.Inngest.send, "_lab08", False):
         return
+    original_send, original_send_sync = inngest.Inngest.send, inngest.Inngest.send_sync
 
     async def send(self, events, *, skip_middleware: bool = False):
-        return _record_send(events, via="client.send")
+        step = _current_step.get()
+        ids = _record_send(events, via="step.send_event" if skip_middleware and step else "client.send")
+        return await original_send(self, events, skip_middleware=skip_middleware) if forward else ids
 
     def send_sync(self, events, *, skip_middleware: bool = False):
-        return _record_send(events, via="client.send_sync")
+        ids = _record_send(events, via="client.send_sync")
+        return original_send_sync(self, events, skip_middleware=skip_middleware) if forward else ids
 
     send._lab08 = True
     inngest.Inngest.send, inngest.Inngest.send_sync = send, send_sync
+
+
+def observe_for_server(trace: Path | None) -> None:
+    """With a real server (serve.py): the same trace and attribution, each call of the body recorded
+    as the server makes it, events recorded and then sent for real. Untested here: no server offline."""
+    global _trace
+    _trace = Trace(trace)
+    _observe_steps()
+    _observe_sends(forward=True)
+    if getattr(inngest.Function.call, "_lab08", False):
+        return
+    original_call = inngest.Function.call
+
+    async def call(self, client, ctx, fn_id, middleware):
+        _trace.write("body", n=None, target=None, attempt=ctx.attempt, run_id=ctx.run_id)
+        return await original_call(self, client, ctx, fn_id, middleware)
+
+    call._lab08 = True
+    inngest.Function.call = call
 
 
 def _record_send(events, via: str) -> list[str]:
