@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from labkit import proc, restate
-from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+from labkit.feedback import FRAME_LINE, CheckFailed, NotChecked, student_error, tail, unfinished
 from labkit.llm import LedgerEntry
 from labkit.sink import Attempt
 
@@ -155,6 +155,14 @@ PHASE_OWNER = {"start": "crash-resume", "crash": "crash-resume", "memory": "conv
                "single-writer": "single-writer", "restart": "conversation-in-state"}
 
 
+def short_failure(failure: str) -> str:
+    """Restate's last_failure without the SDK's traceback: the error line, and where in chat.py it was raised."""
+    lines = failure.strip().splitlines()
+    where = [f"{Path(m.group(1)).name}:{m.group(2)}" for m in map(FRAME_LINE.match, lines)
+             if m and Path(m.group(1)).name == "chat.py"]
+    return lines[0][:400] + (f" (raised at {where[-1]})" if where else "")
+
+
 class Lab07Harness:
     """The student's service as real processes, each as on a host of its own, on one port."""
 
@@ -252,7 +260,7 @@ class Lab07Harness:
                 revisit=REVISIT_DETERMINISM, evidence={"retries": row.get("retry_count")})
         if any(word in failure for word in ("connect", "Connection", "reset", "closed")):
             return  # the service is gone or restarting: Restate will retry
-        raise CheckFailed(f"{ask.name}'s ask fails every time it runs", observed=f"restate-server: {failure[:800]}",
+        raise CheckFailed(f"{ask.name}'s ask fails every time it runs", observed=f"restate-server: {short_failure(failure)}",
                           expected="ask answers the question", revisit="Run it by hand (README) and read the service's output.",
                           details=tail(self.processes[-1].output()) if self.processes else "")
 
