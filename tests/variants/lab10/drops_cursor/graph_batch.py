@@ -30,7 +30,7 @@ class BatchState(TypedDict):
 
 def thread_config(batch: Batch) -> dict:
     # The thread is the batch: every pod of this batch, on any host, finds the same one.
-    # Three steps per question, plus the input and START's checkpoints.
+    # Three steps per question: a limit sized to the batch stops a loop that never ends.
     return {"configurable": {"thread_id": f"capstone-{batch.batch_id}"},
             "recursion_limit": 3 * len(batch.questions) + 10}
 
