@@ -159,7 +159,7 @@ def draw_run() -> Run:
     slugs = [doc.slug for doc in rank(CORPUS, topic, max_pages)]
     nonce = uuid.uuid4().hex[:10]
     return Run(run_id=f"run-{uuid.uuid4().hex[:8]}", topic=topic, max_pages=max_pages,
-               key=f"lab-08-{uuid.uuid4().hex[:8]}", slugs=slugs, failing_slug=rng.choice(slugs),
+               key=f"lab-08-{uuid.uuid4().hex[:8]}", slugs=slugs, failing_slug=slugs[0],
                reply=f"Report {nonce}: the {len(slugs)} sources on {topic} agree on the essentials and "
                      f"differ on cost; see [1]-[{len(slugs)}].")
 
@@ -461,6 +461,22 @@ def test_each_side_effect_happens_once(scenario, evidence):
     ok_llm = [e for e in llm if e.ok]
     if len(ok_llm) > 1:
         problems.append(f"the LLM answered {len(ok_llm)} summarize requests: {by_step(llm)}")
+    # Several first attempts of steps with the same id fetching the same page: the page steps' lambdas were
+    # made in a loop without binding the url (`lambda: ...url...` sees the loop's last url when it runs).
+    for slug in run.slugs:
+        firsts = [s["id"] for f in fetches if f.slug == slug and (s := step_of(f.origin)) and s["attempt"] == 0]
+        twice = sorted({i for i in firsts if firsts.count(i) > 1})
+        if twice:
+            never = [other for other in run.slugs if counts[other] == 0]
+            raise CheckFailed(
+                f"{len(firsts)} steps named {twice[0]!r} all fetched {slug}"
+                + (f", and {', '.join(never)} was never fetched" if never else "")
+                + f": the parallel group's lambdas all used the loop's last URL. {NOTICE}",
+                observed=f"{slug}: {by_step([f for f in fetches if f.slug == slug])}",
+                expected="one step per page, each fetching its own page once",
+                revisit="A lambda made in a loop reads the loop variable when it runs, after the loop ended: bind it "
+                        "when the lambda is made, `lambda url=url: ctx.step.run(f\"fetch-...\", fetch_page, url)`, "
+                        "and derive the step id from that url. " + REVISIT_PARALLEL)
     if problems:
         repeated_by = {s["id"] for e in [*searches, *fetches, *llm] if (s := step_of(e.origin))}
         raise CheckFailed(
@@ -480,6 +496,9 @@ def test_a_failed_step_is_retried_alone(scenario, evidence):
     run = completed(scenario)
     page = [f for f in run.fetches if f.slug == run.failing_slug]
     evidence.update(failing_page=run.failing_slug, page_fetches=len(page), llm_calls=len(run.llm))
+    if not page:
+        raise NotChecked(f"not checked: the page that answers 503 once ({run.failing_slug}) was never fetched "
+                         f"(see steps-memoized and event-payload). {NOTICE}")
     for what, entries, failed in (("page " + run.failing_slug, page, lambda e: e.status == 503),
                                   ("LLM summarize", run.llm, lambda e: e.status == 500)):
         steps = [step_of(e.origin) for e in entries]
@@ -573,7 +592,8 @@ def test_the_completion_event_is_sent_once_from_a_step(scenario, evidence):
 def test_the_event_carries_the_report(scenario, evidence):
     """Given the run's id and topic, the search's pages and the LLM's reply (all drawn or made for this run),
     When the COMPLETED event's data is read, Then it holds run_id, topic, the page URLs in the search's order
-    and the LLM's summary, exactly; the function returns the same report."""
+    and the LLM's summary, exactly; the summary was asked for with every page's text, in that order; and the
+    function returns the same report."""
     run = completed(scenario)
     sends = [e for s in run.sent for e in s["events"] if e.get("name") == COMPLETED]
     if not sends:
@@ -590,6 +610,24 @@ def test_the_event_carries_the_report(scenario, evidence):
             revisit="Downstream functions know the run only from the event: put the request's run_id and topic, "
                     "the URLs the search returned (in its order) and the summary the LLM step returned into "
                     "inngest.Event(name=COMPLETED, data=...).")
+    # The summary was made from the pages the fetch steps returned: each page read whole has its text in the
+    # summarize prompt, in the search's order (a page given up is left to failed-step-retried).
+    answered = [e for e in run.llm if e.ok]
+    read = [slug for slug in run.slugs if any(f.slug == slug and f.outcome == "complete" for f in run.fetches)]
+    if answered:
+        prompt = answered[-1].prompt
+        found = [(prompt.find(CORPUS[slug].text.strip()), slug) for slug in read]
+        missing = [slug for at, slug in found if at < 0]
+        order = [slug for _, slug in sorted((at, slug) for at, slug in found if at >= 0)]
+        if missing or order != [slug for slug in read if slug not in missing]:
+            raise CheckFailed(
+                f"The summary was not made from the pages the steps read: "
+                f"{'missing ' + ', '.join(missing) if missing else 'pages out of the search order'}. {NOTICE}",
+                observed=f"texts found in the summarize prompt, in order: {order}",
+                expected=f"every page's text, in the search's order: {read}",
+                revisit="Pass what the fetch steps returned (ctx.group.parallel returns their results in the order "
+                        "of the callables) to the summarize step: a memoized step result is the data the next "
+                        "step works on.")
     output = (run.outcome or {}).get("output")
     if isinstance(output, dict) and any(output.get(k) != v for k, v in want.items()):
         raise CheckFailed(f"The function returns another report than the one it announced. {NOTICE}",

@@ -56,6 +56,10 @@ VARIANTS = [
         "steps-memoized": ("A finished side effect happened again", "step 'read-and-summarize' attempts 0, 1, 2"),
         "parallel-fan-out": ("Every page was fetched inside one step ('read-and-summarize')",),
     }),
+    # The classic late-binding lambda in the parallel group: every step fetches the last page.
+    Variant("late_binding_lambda", changed=("functions.py",), blocked=("failed-step-retried",), fails={
+        "steps-memoized": ("steps named", "the parallel group's lambdas all used the loop's last URL", "was never fetched"),
+    }),
     # The payload: content compared with what the check knows (run id drawn per run).
     Variant("payload_without_run_id", changed=("functions.py",), fails={
         "event-payload": ("The event's data is not this run's report: run_id differ",),

@@ -1,0 +1,44 @@
+"""The §64.2.2 research agent as an Inngest function that really runs on inngest 0.5.
+
+The function body is called again from the top for every step (on a server: one HTTP request per
+step). Each ctx.step.run result is memoized: on the next call the step returns its recorded result
+at once instead of running. Everything else in the body runs again every time, so it must be
+deterministic (same step ids, same order, nothing random or clock-based) and free of side effects:
+all I/O lives inside steps.
+"""
+
+from __future__ import annotations
+
+import inngest
+
+from .client import inngest_client
+from .models import COMPLETED, REQUESTED, ResearchCompleted, ResearchRequested
+from .steps import fetch_page, search_web, summarize
+
+
+def page_step_id(url: str) -> str:
+    """A step id from the page itself: the same on every call of the body, different per page."""
+    return "fetch-" + url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@inngest_client.create_function(
+    fn_id="research-agent",
+    trigger=inngest.TriggerEvent(event=REQUESTED),
+    retries=3,
+)
+async def research_agent(ctx: inngest.Context) -> dict:
+    request = ResearchRequested.model_validate(ctx.event.data)
+
+    urls = await ctx.step.run("search-web", search_web, request.topic, request.max_pages)
+
+    # A real fan-out: every page's step is planned at once, and the server runs them at once.
+    pages = await ctx.group.parallel(
+        # BUG(late_binding_lambda): `url` is read when each lambda runs, after the loop: the last URL every time
+        tuple((lambda: ctx.step.run(page_step_id(url), fetch_page, url)) for url in urls)
+    )
+
+    summary = await ctx.step.run("llm-summarize", summarize, request.model_dump(), list(pages))
+
+    report = ResearchCompleted(run_id=request.run_id, topic=request.topic, sources=list(urls), summary=summary)
+    await ctx.step.send_event("report-ready", inngest.Event(name=COMPLETED, data=report.model_dump()))
+    return report.model_dump()
