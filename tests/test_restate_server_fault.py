@@ -8,7 +8,6 @@ same idempotency key, so the team chat delivers it once.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
