@@ -560,8 +560,8 @@ def reset(lab_id: str = typer.Argument(..., metavar="NN"),
 
 
 def code_lines(text: str) -> list[tuple[int, str]]:
-    """A Python file's code as (line number, line): docstrings, comment-only lines and repeated
-    blank lines left out, so a diff shows what runs. Text that does not parse is kept whole."""
+    """A Python file's code as (line number, line): docstrings, comments and repeated blank lines
+    left out, so a diff shows what runs. Text that does not parse is kept whole."""
     import ast
     import io
     import tokenize
@@ -570,11 +570,17 @@ def code_lines(text: str) -> list[tuple[int, str]]:
     numbered = list(enumerate(lines, start=1))
     try:
         tree = ast.parse(text)
-        comments = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(text).readline)
-                    if token.type == tokenize.COMMENT and lines[token.start[0] - 1].lstrip().startswith("#")}
+        comments = [token.start for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                    if token.type == tokenize.COMMENT]
     except (SyntaxError, ValueError, tokenize.TokenError):
         return numbered
-    dropped = set(comments)
+    dropped = set()
+    for row, column in comments:  # a comment line goes; a comment after code is cut off
+        code = lines[row - 1][:column].rstrip()
+        if code:
+            numbered[row - 1] = (row, code)
+        else:
+            dropped.add(row)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \

@@ -178,7 +178,7 @@ def test_solution_shows_the_code_of_your_files_only(clone):
     (clone / "labs" / SLUG / "course_helper.py").write_text("HELPER = 1\n")
     (clone / "solutions" / SLUG / "course_helper.py").write_text("HELPER = 2\n")
     (clone / "labs" / SLUG / "mine.py").write_text("EXTRA = 1\n")
-    answer(clone).write_text('"""My docstring."""\n\n# my comment\nANSWER = 42\nSPARE = 0\n\n\ndef f():\n'
+    answer(clone).write_text('"""My docstring."""\n\n# my comment\nANSWER = 42  # mine\nSPARE = 0\n\n\ndef f():\n'
                              '    """Says why."""\n    return ANSWER\n')
     (clone / "solutions" / SLUG / "answer.py").write_text(REFERENCE + "\n\ndef f():\n    return ANSWER\n")
     assert lab(clone, "check", "01").returncode == 0
@@ -186,6 +186,7 @@ def test_solution_shows_the_code_of_your_files_only(clone):
     assert "-SPARE = 0" in shown and " ANSWER = 42" in shown, shown
     assert "@@ yours line 4, reference line 3 @@" in shown, shown
     assert "docstring" not in shown.replace("docstrings and comments", "") and "my comment" not in shown, shown
+    assert "# mine" not in shown  # a comment after code: the code stays, the comment goes
     assert "Says why" not in shown and "return ANSWER" in shown  # context lines are code
     assert "README" not in shown and "course_helper" not in shown, shown  # the course's files
     assert "+++ /dev/null" in shown and "-EXTRA = 1" in shown  # a file the student added is theirs
