@@ -11,7 +11,8 @@ Scenario, run once for the module: one REQUESTED event with a topic, a page coun
 for this run. Against the course web (search + pages, every fetch in its ledger) and the course LLM:
 - every page is *held* (it trickles and never ends) until the fetches in flight are as many as the
   steps the executor has running, so the fan-out's width is read from the web's ledger, not a clock;
-- one page, drawn per run, answers its first fetch with HTTP 503;
+- the search's first page answers its first fetch with HTTP 503; another, drawn per run, answers every
+  fetch with 503, so its step runs out of retries and the page must be left out of the report;
 - the LLM answers the run's first summarize request with HTTP 500, then a reply made for this run.
 Evidence, all from outside the student's code: the web's and the LLM's ledgers (each request with the
 step that sent it, labkit.attribution), and the executor's trace (each call of the function body,
@@ -79,6 +80,7 @@ class Run:
     key: str
     slugs: list[str]  # the pages the search returns, in rank order
     failing_slug: str  # answers its first fetch with 503
+    dead_slug: str  # answers every fetch with 503: its step runs out of retries, the page is left out
     reply: str  # what the LLM answers this run's summarize request with
     base_url: str = ""
     exit_code: int | None = None
@@ -95,7 +97,14 @@ class Run:
 
     @property
     def urls(self) -> list[str]:
-        return [f"{self.base_url}/doc/{slug}" for slug in self.slugs]
+        """The URLs of the pages read (every page but the dead one), in the search's order."""
+        return [f"{self.base_url}/doc/{slug}" for slug in self.slugs if slug != self.dead_slug]
+
+    @property
+    def attempts(self) -> int:
+        """Attempts per step: the function's retries + 1, as the executor recorded them."""
+        declared = [r.get("retries") for r in self.trace if r["event"] == "function"]
+        return (declared[0] if declared and isinstance(declared[0], int) else 4) + 1
 
     @property
     def completed(self) -> bool:
@@ -155,11 +164,12 @@ def draw_run() -> Run:
     rng = random.Random()
     topic = rng.choice(TOPICS)
     available = len(rank(CORPUS, topic, 10))
-    max_pages = rng.randint(2, min(4, available))
+    max_pages = rng.randint(3, min(4, available))
     slugs = [doc.slug for doc in rank(CORPUS, topic, max_pages)]
     nonce = uuid.uuid4().hex[:10]
     return Run(run_id=f"run-{uuid.uuid4().hex[:8]}", topic=topic, max_pages=max_pages,
                key=f"lab-08-{uuid.uuid4().hex[:8]}", slugs=slugs, failing_slug=slugs[0],
+               dead_slug=rng.choice(slugs[1:]),
                reply=f"Report {nonce}: the {len(slugs)} sources on {topic} agree on the essentials and "
                      f"differ on cost; see [1]-[{len(slugs)}].")
 
@@ -173,8 +183,7 @@ def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
     workdir = tmp_path_factory.mktemp("lab08-run")
     trace_path = workdir / "trace.jsonl"
     for slug in run.slugs:
-        extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
-        web.set_behaviour(slug, caller=run.key, hold=True, chunk_ms=HOLD_CHUNK_MS, **extra)
+        web.set_behaviour(slug, caller=run.key, hold=True, chunk_ms=HOLD_CHUNK_MS, **faults(run, slug))
     llm.push_rules([{"name": f"lab08-{run.key}", "match": re.escape(f"{SUMMARY_TAG} run: {run.run_id}"),
                      "fail_first": 1, "fail_status": 500, "reply": run.reply}])
     env = lab_target.python_env(COURSE_WEB_URL=run.base_url, OPENAI_BASE_URL=llm.base_url,
@@ -288,11 +297,18 @@ def drive_server_run(run: Run, server: str, app, endpoint: str, web, ledger) -> 
         run.hung = f"the server's run for event {event_id} had not ended after {RUN_HANG_S:.0f} s"
 
 
+def faults(run: Run, slug: str) -> dict:
+    if slug == run.failing_slug:
+        return {"fail_first": 1, "fail_status": 503}
+    if slug == run.dead_slug:
+        return {"fail_first": 10_000, "fail_status": 503}  # every fetch: more than any retry policy asks
+    return {}
+
+
 def release_pages(run: Run, web) -> None:
     """Every page answers whole from now on (the failing page still fails a first fetch)."""
     for slug in run.slugs:
-        extra = {"fail_first": 1, "fail_status": 503} if slug == run.failing_slug else {}
-        web.set_behaviour(slug, caller=run.key, **extra)
+        web.set_behaviour(slug, caller=run.key, **faults(run, slug))
 
 
 def watch_run(run: Run, process, web, ledger, trace_path: Path) -> None:
@@ -399,6 +415,17 @@ def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
                     "Derive step ids from the input (the page's URL), never from uuid, random or the clock, and "
                     "keep anything random inside a step. " + REVISIT_MEMO,
             details=tail(run.log))
+    if "StepError" in error and any(f.slug == run.dead_slug for f in run.fetches):
+        raise CheckFailed(
+            f"A page that never answers ran out of retries, and its failure ended the whole run. {NOTICE}",
+            observed=f"{observed} ({run.dead_slug} answered 503 to all {sum(f.slug == run.dead_slug for f in run.fetches)} "
+                     "fetches)",
+            expected="that page left out of the report, the run completed with the others",
+            revisit="Once a step has spent its retries, the executor (like a server) memoizes the failure and the "
+                    "body gets inngest.StepError where it awaited the step. Catch it around that page's step "
+                    "(a small `async def read_page(...)` with try/except inside the parallel group) and return None "
+                    "for the page; summarize and report the pages that were read.",
+            details=tail(run.log))
     if "required positional argument: 'step'" in error:
         raise CheckFailed(f"The handler takes the text's (ctx, step). {NOTICE}", observed=observed,
                           expected="`async def research_agent(ctx: inngest.Context)`; steps are ctx.step",
@@ -439,17 +466,18 @@ def test_every_request_comes_from_inside_a_step(scenario, evidence):
 
 @pytest.mark.check("steps-memoized")
 def test_each_side_effect_happens_once(scenario, evidence):
-    """Given the run, in which one page fetch and the LLM call failed once and were retried,
-    When the ledgers are counted, Then the search ran once, every page was fetched once (the failing page
-    twice: its failure and its retry), and the LLM was asked twice (its 500 and the retry): a retry or a
-    later step never repeats a finished step's side effect."""
+    """Given the run, in which one page fetch and the LLM call failed once and were retried, and one page failed
+    every attempt, When the ledgers are counted, Then the search ran once, every page was fetched once (the
+    failing page twice, the dead page once per attempt), and the LLM answered once after its 500: a retry or
+    a later step never repeats a finished step's side effect."""
     run = completed(scenario)
     # Requests made outside any step are side-effects-in-steps' finding: here, what steps repeated.
     searches = [e for e in run.searches if step_of(e.origin)]
     fetches = [e for e in run.fetches if step_of(e.origin)]
     llm = [e for e in run.llm if step_of(e.origin)]
     counts = {slug: sum(f.slug == slug for f in fetches) for slug in run.slugs}
-    expected = {slug: 2 if slug == run.failing_slug else 1 for slug in run.slugs}
+    expected = {slug: 2 if slug == run.failing_slug else run.attempts if slug == run.dead_slug else 1
+                for slug in run.slugs}
     evidence.update(searches=len(run.searches), fetches=len(run.fetches), llm_calls=len(run.llm))
     problems = []
     if len(searches) > 1:
@@ -482,7 +510,8 @@ def test_each_side_effect_happens_once(scenario, evidence):
         raise CheckFailed(
             f"A finished side effect happened again when a step was retried or ran again. {NOTICE}",
             observed="; ".join(problems),
-            expected="search once; each page once (the 503 page twice); the LLM once after its 500",
+            expected=f"search once; each page once (the 503-once page twice, the dead page once per attempt: "
+                     f"{run.attempts}); the LLM once after its 500",
             revisit="One side effect per step: a step that fetches every page and then summarizes re-fetches "
                     "them all when the summary is retried. Give each page and the LLM call a step of its own, "
                     f"with an id that stays the same (steps seen: {sorted(repeated_by)}). " + REVISIT_MEMO)
@@ -490,15 +519,37 @@ def test_each_side_effect_happens_once(scenario, evidence):
 
 @pytest.mark.check("failed-step-retried")
 def test_a_failed_step_is_retried_alone(scenario, evidence):
-    """Given a page that answers its first fetch with 503 and an LLM that answers the first summarize with 500,
-    When the run completes, Then each failure failed its step's attempt and the same step ran again
-    (attempt 0, then 1): the retry came from the executor, not from a loop or a client retrying inside it."""
+    """Given a page that answers its first fetch with 503, one that answers every fetch with 503, and an LLM that
+    answers the first summarize with 500, When the run completes, Then each failure failed its step's attempt and
+    the same step ran again (attempt 0, then 1; the dead page once per attempt, then given up): the retries came
+    from the executor, not from a loop or a client retrying inside the step."""
     run = completed(scenario)
     page = [f for f in run.fetches if f.slug == run.failing_slug]
-    evidence.update(failing_page=run.failing_slug, page_fetches=len(page), llm_calls=len(run.llm))
+    evidence.update(failing_page=run.failing_slug, page_fetches=len(page), llm_calls=len(run.llm),
+                    dead_page_fetches=sum(f.slug == run.dead_slug for f in run.fetches))
     if not page:
         raise NotChecked(f"not checked: the page that answers 503 once ({run.failing_slug}) was never fetched "
                          f"(see steps-memoized and event-payload). {NOTICE}")
+    dead = [f for f in run.fetches if f.slug == run.dead_slug]
+    dead_steps = [step_of(f.origin) for f in dead]
+    dead_attempts = sorted((s or {}).get("attempt", -1) for s in dead_steps)
+    dead_ids = {(s or {}).get("id") for s in dead_steps}
+    shared = any(f.slug != run.dead_slug and (step_of(f.origin) or {}).get("id") in dead_ids for f in run.fetches)
+    # (a step that also fetched other pages is steps-memoized's and parallel-fan-out's finding, not this one's)
+    if dead and not shared and dead_attempts == [0]:
+        raise CheckFailed(
+            f"The page that never answers ({run.dead_slug}) failed once and its step was never tried again, yet "
+            f"the run completed: the failure was swallowed inside the step. {NOTICE}",
+            observed=by_step(dead),
+            expected=f"attempts 0..{run.attempts - 1} of its step, each failing, then the page left out",
+            revisit=REVISIT_RETRY)
+    if dead and not shared and dead_attempts != list(range(run.attempts)):
+        raise CheckFailed(
+            f"The page that never answers ({run.dead_slug}) was fetched {len(dead)} time(s), by attempts "
+            f"{dead_attempts}; its step has {run.attempts} attempts (retries + 1). {NOTICE}",
+            observed=by_step(dead),
+            expected=f"attempts 0..{run.attempts - 1} of one step, one fetch each, then the page given up",
+            revisit=REVISIT_RETRY)
     for what, entries, failed in (("page " + run.failing_slug, page, lambda e: e.status == 503),
                                   ("LLM summarize", run.llm, lambda e: e.status == 500)):
         steps = [step_of(e.origin) for e in entries]
@@ -530,7 +581,7 @@ def test_pages_are_fetched_at_once(scenario, evidence):
     steps the executor is running, When the pages are released, Then every page was in flight at once:
     the fan-out is ctx.group.parallel, not a loop that awaits each step."""
     run = completed(scenario)
-    evidence.update(pages=len(run.slugs), in_flight_at_once=run.overlap)
+    evidence.update(pages=len(run.slugs), in_flight_at_once=run.overlap, steps_running=len(run.steps_in_flight))
     planned_together = any(r["event"] == "dispatch" and len(r["steps"]) >= len(run.slugs) for r in run.trace)
     # Every page in flight at once; or the group planned them all and every one still running was fetching
     # (a step that ended early, e.g. by swallowing its 503, is retried-alone's finding, not this one's).

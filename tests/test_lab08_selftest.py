@@ -45,7 +45,9 @@ VARIANTS = [
     }),
     # A try/except inside the step turns the 503 into an empty page: no retry.
     Variant("swallowed_retry", changed=("steps.py",), fails={
-        "failed-step-retried": ("failed once and was never tried again", "swallowed inside the step"),
+        "failed-step-retried": ("swallowed inside the step",),
+        # the page that never answers "succeeded" empty, so the report lists a page it never read
+        "event-payload": ("The event's data is not this run's report: sources differ",),
     }),
     # The OpenAI client retries the 500 itself, inside one step attempt.
     Variant("client_retries", changed=("steps.py",), fails={
@@ -59,6 +61,11 @@ VARIANTS = [
     # The classic late-binding lambda in the parallel group: every step fetches the last page.
     Variant("late_binding_lambda", changed=("functions.py",), blocked=("failed-step-retried",), fails={
         "steps-memoized": ("steps named", "the parallel group's lambdas all used the loop's last URL", "was never fetched"),
+    }),
+    # Class 4: a page that never answers exhausts its step's retries; its StepError must not end the run.
+    Variant("given_up_page_fails_run", changed=("functions.py",), blocked=ALL, fails={
+        "runs-to-completion": ("A page that never answers ran out of retries, and its failure ended the whole run",
+                               "inngest.StepError"),
     }),
     # The payload: content compared with what the check knows (run id drawn per run).
     Variant("payload_without_run_id", changed=("functions.py",), fails={

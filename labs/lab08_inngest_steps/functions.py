@@ -24,7 +24,8 @@ from .steps import fetch_page, search_web, summarize
 async def research_agent(ctx: inngest.Context) -> dict:
     request = ResearchRequested.model_validate(ctx.event.data)
     # 1. a step that searches (search_web)
-    # 2. one step per page, planned together with ctx.group.parallel (fetch_page)
+    # 2. one step per page, planned together with ctx.group.parallel (fetch_page); a page whose step
+    #    fails every attempt raises inngest.StepError where it is awaited: leave that page out
     # 3. a step that summarizes the pages (summarize)
     # 4. ctx.step.send_event with an inngest.Event(name=COMPLETED, data=ResearchCompleted(...).model_dump())
     # and return the same report.

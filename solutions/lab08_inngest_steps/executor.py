@@ -35,6 +35,7 @@ from pathlib import Path
 import inngest
 from inngest._internal import execution_lib, middleware_lib, net, server_lib, step_lib, transforms
 from inngest._internal.step_lib import step_async
+from inngest._internal.step_lib.base import MemoizedError
 from inngest.experimental import mocked
 
 DEFAULT_RETRIES = 4  # Inngest's default: 4 retries, 5 attempts per step
@@ -202,6 +203,7 @@ class Executor:
         self.stack: list[str] = []
         self.body_calls = 0
         _trace = self.trace = Trace(trace)
+        self.trace.write("function", id=fn.id, retries=self.retries)
         _observe_steps()
         _observe_sends()
 
@@ -244,7 +246,7 @@ class Executor:
             error = done.error
             if isinstance(error, (inngest.NonRetriableError,)):
                 break
-        self.memos[info.id] = {"error": step_lib.MemoizedError.from_error(error).model_dump()}
+        self.memos[info.id] = {"error": MemoizedError.from_error(error).model_dump()}
         self.stack.append(info.id)
         self.trace.write("step-done", step=info.display_name, outcome="failed",
                          error=f"{type(error).__name__}: {error}"[:500])

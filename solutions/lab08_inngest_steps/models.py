@@ -29,7 +29,7 @@ class ResearchCompleted(BaseModel):
 
     run_id: str
     topic: str
-    sources: list[str]  # the URLs of the pages read, in the search's order
+    sources: list[str]  # the URLs of the pages read, in the search's order (a page given up is left out)
     summary: str  # the LLM's summary of those pages
 
 

@@ -21,6 +21,15 @@ def page_step_id(url: str) -> str:
     return "fetch-" + url.rstrip("/").rsplit("/", 1)[-1]
 
 
+async def read_page(ctx: inngest.Context, url: str) -> dict | None:
+    """One page's step. A page that fails every attempt is left out, not the whole run: once its
+    retries are spent, the step's failure is memoized and raised here as inngest.StepError."""
+    try:
+        return await ctx.step.run(page_step_id(url), fetch_page, url)
+    except inngest.StepError:
+        return None
+
+
 @inngest_client.create_function(
     fn_id="research-agent",
     trigger=inngest.TriggerEvent(event=REQUESTED),
@@ -32,12 +41,12 @@ async def research_agent(ctx: inngest.Context) -> dict:
     urls = await ctx.step.run("search-web", search_web, request.topic, request.max_pages)
 
     # A real fan-out: every page's step is planned at once, and the server runs them at once.
-    pages = await ctx.group.parallel(
-        tuple((lambda url=url: ctx.step.run(page_step_id(url), fetch_page, url)) for url in urls)
-    )
+    pages = await ctx.group.parallel(tuple((lambda url=url: read_page(ctx, url)) for url in urls))
+    read = [page for page in pages if page is not None]
 
-    summary = await ctx.step.run("llm-summarize", summarize, request.model_dump(), list(pages))
+    summary = await ctx.step.run("llm-summarize", summarize, request.model_dump(), read)
 
-    report = ResearchCompleted(run_id=request.run_id, topic=request.topic, sources=list(urls), summary=summary)
+    report = ResearchCompleted(run_id=request.run_id, topic=request.topic,
+                               sources=[page["url"] for page in read], summary=summary)
     await ctx.step.send_event("report-ready", inngest.Event(name=COMPLETED, data=report.model_dump()))
     return report.model_dump()

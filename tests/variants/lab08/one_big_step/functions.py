@@ -23,6 +23,15 @@ def page_step_id(url: str) -> str:
     return "fetch-" + url.rstrip("/").rsplit("/", 1)[-1]
 
 
+async def read_page(ctx: inngest.Context, url: str) -> dict | None:
+    """One page's step. A page that fails every attempt is left out, not the whole run: once its
+    retries are spent, the step's failure is memoized and raised here as inngest.StepError."""
+    try:
+        return await ctx.step.run(page_step_id(url), fetch_page, url)
+    except inngest.StepError:
+        return None
+
+
 @inngest_client.create_function(
     fn_id="research-agent",
     trigger=inngest.TriggerEvent(event=REQUESTED),
@@ -34,13 +43,17 @@ async def research_agent(ctx: inngest.Context) -> dict:
     urls = await ctx.step.run("search-web", search_web, request.topic, request.max_pages)
 
     # A real fan-out: every page's step is planned at once, and the server runs them at once.
-    async def read_and_summarize() -> str:
+    async def read_and_summarize() -> tuple[list[dict], str]:
         # BUG(one_big_step): the pages and the LLM call share one step: a retry of either repeats both
-        pages = await asyncio.gather(*(fetch_page(url) for url in urls))
-        return await summarize(request.model_dump(), list(pages))
+        fetched = await asyncio.gather(*(fetch_page(url) for url in urls), return_exceptions=True)
+        pages = [page for page in fetched if isinstance(page, dict)]
+        if len(pages) < len(urls) - 1:  # the one page that never answers is left out; any other failure: retry
+            raise RuntimeError("pages failed")
+        return pages, await summarize(request.model_dump(), pages)
 
-    summary = await ctx.step.run("read-and-summarize", read_and_summarize)
+    read, summary = await ctx.step.run("read-and-summarize", read_and_summarize)
 
-    report = ResearchCompleted(run_id=request.run_id, topic=request.topic, sources=list(urls), summary=summary)
+    report = ResearchCompleted(run_id=request.run_id, topic=request.topic,
+                               sources=[page["url"] for page in read], summary=summary)
     await ctx.step.send_event("report-ready", inngest.Event(name=COMPLETED, data=report.model_dump()))
     return report.model_dump()
