@@ -263,6 +263,18 @@ class Lab07Harness:
                           expected="ask answers the question", revisit="Run it by hand (README) and read the service's output.",
                           details=tail(self.processes[-1].output()) if self.processes else "")
 
+    def not_finished(self, ask: Ask, waiting_for: str) -> bool:
+        """True while the ask runs; an ask that completed before doing what the check waits for is the verdict."""
+        if self.status(ask) != "completed":
+            return True
+        raise CheckFailed(f"{ask.name}'s ask finished before {waiting_for}",
+                          observed=f"model calls: {len([e for e in self.ledger() if ask.marker in e.prompt])}, posts: "
+                                   f"{len([a for a in self.sink.attempts(caller=self.token) if ask.marker in a.text])}, "
+                                   f"answer: {self.server.output(ask.invocation)!r}",
+                          expected="the loop: the model, the post it asks for, the model again with the post's result",
+                          revisit="In ask, run every tool call of the model's message, append each result, and call "
+                                  "the model again until its message has no tool calls.")
+
     def status(self, ask: Ask) -> str:
         row = self.server.invocation(ask.invocation)
         return (row or {}).get("status", "")
@@ -282,7 +294,8 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
     hold = h.sink.hold(caller=h.token, channel=a1.post["channel"], times=1, release_after_s=2 * HANG_S)
     a1.invocation = h.server.send(SERVICE, a1.session, "ask", a1.question)
     h.wait("the first model call and the post to the team chat (held by the sink)",
-           lambda: any(a.held for a in h.sink.attempts(caller=h.token)), a1, first)
+           lambda: any(a.held for a in h.sink.attempts(caller=h.token))
+           or not h.not_finished(a1, "posting to the team chat"), a1, first)
     before_release = [e for e in h.ledger() if a1.marker in e.prompt]
     if len(before_release) != 1:
         raise CheckFailed("The post was sent before the model asked for it, or the model was asked twice",
@@ -291,7 +304,8 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
     h.llm.push_rules([a1.rule(latency_ms=HELD_MS)])  # the next model call for A1 is held
     h.sink.release(hold)
     h.wait("the second model call (the one the kill interrupts)",
-           lambda: len([e for e in h.ledger() if a1.marker in e.prompt]) >= 2, a1, first)
+           lambda: len([e for e in h.ledger() if a1.marker in e.prompt]) >= 2
+           or not h.not_finished(a1, "asking the model again with the post's result"), a1, first)
     s.journal_at_kill = h.server.journal(a1.invocation)
     s.killed_pid = first.pid
     first.kill()
@@ -304,12 +318,15 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
 
     # --- memory within one process, then the single writer and the shared history
     s.phase = "memory"
-    a2.answer = h.server.call(SERVICE, a2.session, "ask", a2.question, timeout=HANG_S)
+    a2.invocation = h.server.send(SERVICE, a2.session, "ask", a2.question)
+    h.wait("A2's ask to complete", lambda: h.status(a2) == "completed", a2, second)
+    a2.answer = h.server.output(a2.invocation)
     s.phase = "single-writer"
     hold = h.sink.hold(caller=h.token, channel=c1.post["channel"], times=1, release_after_s=2 * HANG_S)
     c1.invocation = h.server.send(SERVICE, c1.session, "ask", c1.question)
     h.wait("C1's post to the team chat (held by the sink)",
-           lambda: any(a.held and a.channel == c1.post["channel"] for a in h.sink.attempts(caller=h.token)), c1, second)
+           lambda: any(a.held and a.channel == c1.post["channel"] for a in h.sink.attempts(caller=h.token))
+           or not h.not_finished(c1, "posting to the team chat"), c1, second)
     c2.invocation = h.server.send(SERVICE, c2.session, "ask", c2.question)
     d1.invocation = h.server.send(SERVICE, d1.session, "ask", d1.question)
     history = Ask("history-C", c1.session, "", "")
@@ -340,7 +357,10 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
     a3.invocation = h.server.send(SERVICE, a3.session, "ask", a3.question)
     h.wait("A3's ask to complete", lambda: h.status(a3) == "completed", a3, third)
     a3.answer = h.server.output(a3.invocation)
-    s.history_a = h.server.call(SERVICE, a1.session, "history", timeout=HANG_S)
+    history_a = Ask("history-A", a1.session, "", "")
+    history_a.invocation = h.server.send(SERVICE, a1.session, "history")
+    h.wait("A's history to answer", lambda: h.status(history_a) == "completed", history_a, third)
+    s.history_a = h.server.output(history_a.invocation)
     s.phase = "done"
 
 
@@ -357,6 +377,11 @@ def scenario(lab_target, services, sink, tmp_path_factory) -> Scenario:
         run_scenario(harness, found)
     except CheckFailed as failure:
         found.failure = failure
+    except restate.ServiceError as err:  # an answer restate-server gives only when a handler misbehaves
+        found.failure = CheckFailed(f"restate-server refused a step of the scenario ({found.phase})",
+                                    observed=str(err)[:600], expected="every ask and history call answered",
+                                    revisit="Run the service by hand (README) and call it with client.py.",
+                                    details=tail(harness.processes[-1].output()) if harness.processes else "")
     finally:
         with contextlib.suppress(Exception):
             sink.release()
