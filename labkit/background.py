@@ -139,7 +139,7 @@ def up() -> Iterator[str]:
     if "temporal" in registry:
         yield f"Temporal Web UI: http://localhost:{TEMPORAL_UI_PORT}"
     if "llm" in registry:  # README "Where the LLM ledger is": what a row holds
-        yield f"LLM ledger: {STATE_DIR / 'llm' / 'ledger.sqlite'} (table requests)"
+        yield f"LLM ledger: {CourseLLM(STATE_DIR).ledger_dir / 'ledger.sqlite'} (table requests)"
     yield "In your shell:  eval \"$(.venv/bin/lab env)\"   (or: " + " ".join(
         f"{k}={v}" for k, v in student_env().items()) + ")"
 
