@@ -41,6 +41,10 @@ VARIANTS = [
         "conversation-in-state": ("holds only the latest question: each ask started from an empty list",
                                   "await ctx.get(\"conversation\""),
     }),
+    Variant("set_before_loop", changed=("chat.py",), fails={
+        "journal-confirms": ("stored state lacks the final reply, the post's result",),
+        "conversation-in-state": ("holds the questions but not the model's replies", "call it after the loop"),
+    }),
     Variant("history_exclusive", changed=("chat.py",), fails={
         "history-shared": ("history waited for the running ask", "status of the history call while C1 ran: pending",
                            "kind=\"shared\""),
