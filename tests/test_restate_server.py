@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import textwrap
 import uuid
@@ -86,11 +87,12 @@ def test_restate_server_runs_a_registered_service_and_answers_sql(server, tmp_pa
     finally:
         limits.allow_writes_anywhere()
     try:
-        for listener in (server.admin_port, server.ingress_port, server.node_port):
-            conns = [c for c in psutil.Process(server.pid).net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == listener]
-            assert conns and all(c.laddr.ip == "127.0.0.1" for c in conns), \
-                f"observed {conns} for port {listener}; expected restate-server listening on 127.0.0.1 only"
+        conns = psutil.Process(server.pid).net_connections("all")
+        listening = [(c.laddr.ip, c.laddr.port) for c in conns if c.family != socket.AF_UNIX and c.laddr and (
+            c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)]
+        assert {p for _, p in listening} >= {server.admin_port, server.ingress_port, server.node_port}, listening
+        assert all(ip == "127.0.0.1" for ip, _ in listening), \
+            f"observed {listening}; expected every TCP listener and UDP socket of restate-server on 127.0.0.1"
         deployment = wait_until(lambda: _try_register(server, port), timeout=60)
         assert deployment and [s["name"] for s in deployment["services"]] == ["Tally"], deployment
         key = f"k-{uuid.uuid4().hex[:6]}"
