@@ -61,6 +61,7 @@ VARIANTS = [
     # The classic late-binding lambda in the parallel group: every step fetches the last page.
     Variant("late_binding_lambda", changed=("functions.py",), blocked=("failed-step-retried",), fails={
         "steps-memoized": ("steps named", "the parallel group's lambdas all used the loop's last URL", "was never fetched"),
+        "event-payload": ("sources differ",),  # the last page, once per step, listed as the pages read
     }),
     # Class 4: a page that never answers exhausts its step's retries; its StepError must not end the run.
     Variant("given_up_page_fails_run", changed=("functions.py",), blocked=ALL, fails={
