@@ -325,8 +325,7 @@ class Scenario:
         tag = f"{runtime[:2]}{uuid.uuid4().hex[:5]}"
         workdir = self.workdir / runtime
         workdir.mkdir(parents=True)
-        kill_after = max(1, min(N - 2, round(N * 0.48) + self.rng.randint(-max(1, N // 20), max(1, N // 20))))
-        run = Run(runtime=runtime, questions=draw_batch(self.rng, self.corpus, tag), kill_after=kill_after,
+        run = Run(runtime=runtime, questions=draw_batch(self.rng, self.corpus, tag), kill_after=self.kill_after,
                   batch_id=f"batch-{tag}", caller=f"lab-lab10-{tag}", db_url=self.postgres.create_database(f"lab10_{tag}"),
                   task_queue=f"lab10-{tag}", workdir=workdir)
         self.runs[runtime] = run
@@ -347,11 +346,11 @@ class Scenario:
             run.replies[q["id"]] = f"Answer {nonce}/{q['id']}: for '{q['text']}' the sources agree on the short version."
             rules.append({"name": f"lab10-{q['id']}", "match": rf"\[lab10 q={re.escape(q['id'])}\]",
                           "reply": run.replies[q["id"]], "latency_ms": round(TEXT_LLM_S * 1000 * TIME_SCALE)})
-        held = dict(rules[kill_after], latency_ms=HELD_MS)
-        self.services.llm.push_rules([*rules[:kill_after], held, *rules[kill_after + 1:]])
+        held = dict(rules[run.kill_after], latency_ms=HELD_MS)
+        self.services.llm.push_rules([*rules[:run.kill_after], held, *rules[run.kill_after + 1:]])
         self.web.set_behaviour("_search", caller=run.caller, slow_ms=round(TEXT_FETCH_S * 1000 * TIME_SCALE))
         try:
-            self.evict_and_restart(run, rules[kill_after])
+            self.evict_and_restart(run, rules[run.kill_after])
         except CheckFailed as failure:
             run.error = failure
         finally:
@@ -480,6 +479,9 @@ def scenario(lab_target, services, postgres, web_launched, restate_server, tmp_p
     found = Scenario(lab_target, services, postgres, web, tmp_path_factory.mktemp("lab10"), seed)
     found.corpus = Path(labkit.__file__).parent / "corpus" / "capstone.toml"
     found.questions_per_run = found.rng.randint(3, 7) if N <= 40 else found.rng.randint(20, 40)
+    # One kill point per run, the same for every runtime (so the table compares like with like),
+    # drawn near 48% of the batch: the eviction lands after question k, with k+1's LLM call in flight.
+    found.kill_after = max(1, min(N - 2, round(N * 0.48) + found.rng.randint(-max(1, N // 20), max(1, N // 20))))
     found.restate, found.restate_missing = restate_server
     if found.restate is not None:
         found.restate.wait_ready()
