@@ -206,30 +206,39 @@ def restate_store(server, batch_id: str) -> tuple[int, str]:
     return size, f"{entries} journal entries in {len(rows)} invocation(s)"
 
 
-def release_dead_pod(address: str, task_queue: str) -> int:
+def release_dead_pod(address: str, task_queue: str, cut_off: list[dict]) -> int:
     """Do at once what the server would do when the dead pod's timeouts expire: fail its running
-    activity attempts (the retry policy applies, as for a timeout) and forget its sticky queue."""
+    activity attempts (the retry policy applies, as for a timeout) and forget its sticky queue.
+    `cut_off`: the attempts the ledger shows in flight (their X-Lab-Origin names workflow, run and
+    activity), released first: a run that continued-as-new a moment ago may not be listed yet."""
     from temporalio.api.enums.v1 import PendingActivityState
     from temporalio.exceptions import ApplicationError
     from temporalio.service import RPCError
 
     from labkit import temporal
 
+    async def fail(client, workflow_id: str, run_id: str | None, activity_id: str) -> int:
+        try:
+            await client.get_async_activity_handle(workflow_id=workflow_id, run_id=run_id, activity_id=activity_id
+                                                   ).fail(ApplicationError("the pod running this attempt was evicted (SIGKILL)"))
+            return 1
+        except RPCError:  # completed or already failed: nothing to release
+            return 0
+
     async def release(client) -> int:
         failed = 0
+        for attempt in cut_off:
+            failed += await fail(client, attempt["workflow_id"], attempt.get("run_id"), attempt["id"])
+            try:
+                await temporal.forget_sticky_queue(client, attempt["workflow_id"])
+            except RPCError:
+                pass
         async for execution in client.list_workflows(f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'):
             handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
             description = await handle.describe()
             for activity in description.raw_description.pending_activities:
-                if activity.state != PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-                    continue
-                try:
-                    await client.get_async_activity_handle(
-                        workflow_id=execution.id, run_id=execution.run_id, activity_id=activity.activity_id
-                    ).fail(ApplicationError("the pod running this attempt was evicted (SIGKILL)"))
-                    failed += 1
-                except RPCError:
-                    pass
+                if activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+                    failed += await fail(client, execution.id, execution.run_id, activity.activity_id)
             try:
                 await temporal.forget_sticky_queue(client, execution.id)
             except RPCError:
@@ -378,7 +387,8 @@ class Scenario:
                 raise CheckFailed(
                     f"The {run.runtime} pod stopped making progress while {doing}",
                     observed=f"the pod {verdict}; answers so far: {len(answer_rows(run.db_url, run.batch_id))} of {N}",
-                    expected="a pod that keeps working through the batch",
+                    expected="a pod that keeps working through the batch (a retry that waits long, tens of "
+                             "seconds, looks the same from outside: keep retry intervals short)",
                     revisit=REVISIT_RESUME, details=tail(pod.output()))
             time.sleep(0.05)
         raise CheckFailed(f"The {run.runtime} pod was still {doing} after {HANG_S:.0f} s",
@@ -416,7 +426,9 @@ class Scenario:
                         "questions in the queue's order, one at a time.")
         self.services.llm.push_rules([release_rule])  # the new pod gets its answer at once
         if run.runtime == "temporal":
-            release_dead_pod(self.services.temporal_address, run.task_queue)
+            in_flight = [((e.origin or {}).get("activity") or {}) for qid, e in calls if qid in run.window()]
+            release_dead_pod(self.services.temporal_address, run.task_queue,
+                             [a for a in in_flight if a.get("workflow_id") and a.get("id")])
         pod2 = self.start_pod(run)
         run.restarted_at = time.time()
 
