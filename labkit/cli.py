@@ -735,6 +735,9 @@ def hold(
         console.print(f"[red]cannot reach Temporal at {holding.address()}[/red]: {err} (`lab up`, then "
                       "eval \"$(lab env)\")")
         raise typer.Exit(2) from None
+    except Exception as err:  # an RPCError from the server
+        console.print(f"Temporal at {holding.address()} refused: {err}", style="red", markup=False)
+        raise typer.Exit(1) from None
     console.print(f"{held.activity} attempt {held.failed_attempt} of {held.workflow_id} failed "
                   f"({held.failure}), on worker {held.worker or '?'}.", markup=False)
     if held.too_late:
@@ -762,8 +765,8 @@ def release(workflow_id: str = typer.Argument(..., help="the workflow `lab hold`
     except RuntimeError as err:
         console.print(f"[red]cannot reach Temporal at {holding.address()}[/red]: {err}")
         raise typer.Exit(2) from None
-    except Exception as err:  # e.g. no such workflow
-        console.print(f"[red]{workflow_id}[/red]: {err}", markup=False)
+    except Exception as err:  # an RPCError, e.g. no such workflow
+        console.print(f"{workflow_id}: {err}", style="red", markup=False)
         raise typer.Exit(1) from None
     if not released:
         console.print(f"{workflow_id} has no paused activity: nothing to release.")

@@ -65,12 +65,18 @@ async def hold(client, workflow_id: str | None = None, activity: str | None = No
     from temporalio.api.common.v1 import WorkflowExecution
     from temporalio.api.workflowservice.v1 import PauseActivityRequest
 
+    from temporalio.service import RPCError
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for wid in await _running_ids(client, workflow_id):
+        try:
+            running = await _running_ids(client, workflow_id)
+        except RPCError:  # the server is busy or restarting: look again
+            running = []
+        for wid in running:
             try:
                 description = await client.get_workflow_handle(wid).describe()
-            except Exception:  # finished or gone meanwhile
+            except RPCError:  # finished or gone meanwhile
                 continue
             for pending in description.raw_description.pending_activities:
                 if pending.attempt < 2 or not pending.HasField("last_failure") or pending.paused:

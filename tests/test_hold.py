@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,11 @@ def test_hold_says_why_it_gives_up(tmp_path):
         out = lab("hold", "--timeout", "1", env={**os.environ, "TEMPORAL_ADDRESS": server.address})
     finally:
         server.stop()
-    assert out.returncode == 1 and "no activity failed and waited for a retry within 1 s" in out.stdout, out.stdout
-    gone = lab("release", "wf-x", env={**os.environ, "TEMPORAL_ADDRESS": server.address})
-    assert gone.returncode == 2 and "cannot reach Temporal" in gone.stdout, gone.stdout + gone.stderr
+    assert out.returncode == 1 and "no activity failed and waited for a retry within 1 s" in out.stdout, \
+        f"exit {out.returncode}\n{out.stdout}{out.stderr}"
+    with socket.socket() as bound:  # a port nobody listens on (held, so no other server takes it)
+        bound.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{bound.getsockname()[1]}"
+        gone = lab("release", "wf-x", env={**os.environ, "TEMPORAL_ADDRESS": nowhere})
+    assert gone.returncode == 2 and f"cannot reach Temporal at {nowhere}" in gone.stdout, \
+        f"exit {gone.returncode}\n{gone.stdout}{gone.stderr}"
