@@ -225,6 +225,8 @@ class Scenario:
     def require(self, owner: bool = False) -> Scenario:
         """The owner (dag-declared) reports why the scenario could not run; the others say they could not check."""
         if self.failure is not None:
+            if MOCK_NOTE not in self.failure.details:
+                self.failure.details = "\n".join(filter(None, [self.failure.details, MOCK_NOTE]))
             if owner or self.failure.summary.startswith("Not implemented yet"):
                 raise self.failure
             raise NotChecked(f"not checked: the scenario could not run ({self.failure.summary})")
