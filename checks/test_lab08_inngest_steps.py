@@ -176,11 +176,14 @@ def draw_run() -> Run:
 
 @pytest.fixture(scope="module")
 def scenario(course_llm, web_launched, lab_target, tmp_path_factory) -> Run:
-    web = web_launched.wait_ready()
-    llm = course_llm.wait_ready()
+    return run_scenario(course_llm.wait_ready(), web_launched.wait_ready(), lab_target,
+                        tmp_path_factory.mktemp("lab08-run"))
+
+
+def run_scenario(llm: CourseLLM, web, lab_target, workdir: Path) -> Run:
+    """The whole scenario (also `lab demo 08`'s): draw the run, script the faults, run it, collect."""
     run = draw_run()
     run.base_url = web.url_for(run.key)
-    workdir = tmp_path_factory.mktemp("lab08-run")
     trace_path = workdir / "trace.jsonl"
     for slug in run.slugs:
         web.set_behaviour(slug, caller=run.key, hold=True, chunk_ms=HOLD_CHUNK_MS, **faults(run, slug))
