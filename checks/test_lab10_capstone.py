@@ -38,7 +38,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from labkit import proc
+from labkit import prefork, proc
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
 
 LAB = "10"
@@ -50,6 +50,12 @@ TIME_SCALE = float(os.environ.get("LAB10_TIME_SCALE", "0.001"))  # 12 s -> 12 ms
 TEXT_LLM_S, TEXT_FETCH_S = 12.0, 2.0  # §64.2.3's latencies
 HELD_MS = 900_000  # the held answer: far longer than anything the check waits for
 HANG_S = 600.0  # the grader's own hang guard for one pod; verdicts come from states and the Watchdog
+# Third-party modules the fork server imports once (never student code; labkit.prefork): the pods
+# then start in a fraction of a second, so the restart time measures the runtime more than imports.
+# The Restate pod is started with a plain exec: it inherits its listening socket (pass_fds).
+PRELOAD = ["openai", "httpx", "psycopg", "langgraph.graph", "langgraph.checkpoint.postgres",
+           "temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
+           "temporalio.common", "temporalio.exceptions"]
 Q_TAG = re.compile(r"\[lab10 q=([\w.-]+)\]")
 REVISIT_RESUME = ("§64.2.3: the new pod must find the batch's progress where the old one left it, in the "
                   "store (PostgreSQL's checkpoints, Temporal's history), under a name both pods compute "
@@ -309,6 +315,11 @@ class Scenario:
         if run.runtime == "restate":
             extra, socks = self.restate_env(run)
             env.update(extra)
+        elif self.forks is not None:
+            pod = self.forks.start(self.target.module("pod"), [run.runtime], name=f"{run.runtime}-pod{n}",
+                                   log_path=run.workdir / f"pod{n}.log", env=env, cwd=host)
+            run.pods.append(pod)
+            return pod
         try:
             pod = proc.start([sys.executable, "-m", self.target.module("pod"), run.runtime],
                              name=f"{run.runtime}-pod{n}", log_path=run.workdir / f"pod{n}.log", env=env, cwd=host,
@@ -482,7 +493,21 @@ def restate_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scenario(lab_target, services, postgres, web_launched, restate_server, tmp_path_factory):
+def forks(lab_target, tmp_path_factory):
+    """The fork server for the pods (LAB_PREFORK=0: plain exec), launched before the services."""
+    server = None
+    if prefork.enabled():
+        server = prefork.ForkServer(tmp_path_factory.mktemp("lab10-forks"), PRELOAD, env=lab_target.python_env())
+        server.launch()
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def scenario(lab_target, forks, services, postgres, web_launched, restate_server, tmp_path_factory):
     import labkit
     from labkit import restate
 
@@ -495,6 +520,7 @@ def scenario(lab_target, services, postgres, web_launched, restate_server, tmp_p
     # drawn near 48% of the batch: the eviction lands after question k, with k+1's LLM call in flight.
     found.kill_after = max(1, min(N - 2, round(N * 0.48) + found.rng.randint(-max(1, N // 20), max(1, N // 20))))
     found.restate, found.restate_missing = restate_server
+    found.forks = forks.wait_ready() if forks is not None else None
     if found.restate is not None:
         found.restate.wait_ready()
         found.restate_port = restate.free_port()
