@@ -1,7 +1,8 @@
 """Lab 10 autograder (the capstone): one batch of questions, one eviction, the runtimes side by side.
 
 Scenario, run once for the module, for each runtime in turn (the naive baseline, LangGraph on
-PostgreSQL, Temporal), each with its own batch id, question ids, database, LLM key and web caller:
+PostgreSQL, Temporal, Restate), each with its own batch id, question ids, database, LLM key and web
+caller, and one kill point for the run:
   1. write the batch: N questions drawn from labkit/corpus/capstone.toml, ids made for this run;
      the course LLM answers each question with a reply made for this run (12 ms, the text's 12 s on
      the time scale), the course web searches in 2 ms (the text's 2 s);
@@ -9,12 +10,14 @@ PostgreSQL, Temporal), each with its own batch id, question ids, database, LLM k
   3. the LLM holds its answer to question k+1 (k drawn near 48% of N): once that request is in the
      ledger, questions 1..k are answered and the batch is not finished: SIGKILL pod 1 (the eviction);
   4. release the held answer and start pod 2 as on another host (fresh cwd, TMPDIR and HOME; same
-     database, same Temporal server), wait until it finishes;
+     database, same Temporal server and restate-server), wait until it finishes;
   5. measure from outside: the answers table, the LLM ledger (every call tied to its question by
      the [lab10 q=<id>] tag and to its process by X-Lab-Origin), the web's ledger, the runtime's
      store (checkpoint tables, workflow histories), the lines of the student's module.
 
-LAB10_QUESTIONS_N (default 20) sets N: bench/capstone.py runs the same check with 200.
+LAB10_QUESTIONS_N (default 20) sets N: bench/capstone.py runs the same check with 200. Pods are forked
+from a warm interpreter (labkit.prefork; LAB_PREFORK=0 for plain exec), except Restate's, which
+inherits its listening socket. Without a restate-server binary, Restate's checks say "not checked".
 LAB10_REPORT_DIR: where the side-by-side table (capstone.md) and picture (capstone.svg) go.
 """
 
