@@ -624,6 +624,14 @@ def check_no_reissue(run: Run) -> None:
             expected="the new pod finding the running workflow by its id",
             revisit="The workflow id is the durable key: derive it from the batch (and the question), never "
                     "from the process.")
+    if run.runtime == "restate":
+        raise CheckFailed(
+            "The new pod asked finished questions again: a step outside ctx.run is not journaled",
+            observed=observed + " (the same invocation, replayed on the new pod)",
+            expected="the replay handing back every finished step's recorded result",
+            revisit="Restate journals ctx.* calls (ctx.run, calls, state), not every await (§64.2.4's \"at every "
+                    "await point\" is wrong): a retried invocation runs the handler from the top, and each call "
+                    "made outside ctx.run is made again. Put every step in `await ctx.run_typed(name, fn, ...)`.")
     raise CheckFailed(
         "The new pod asked finished questions again: the batch loop runs outside the durable boundary",
         observed=observed + " (under the same thread or workflow ids as before)",

@@ -3,7 +3,7 @@
 - each known-bad variant (tests/variants/lab10/<name>: the solution's student files with ONE bug,
   marked BUG(<name>)) fails the checks that own the bug, with a message naming the idea it got
   wrong (a per-process thread id, a batch loop outside the durable boundary, a continue-as-new
-  that drops the cursor); every other check passes;
+  that drops the cursor, a Restate step outside the journal); every other check passes;
 - the correct variant of another shape (a thread and a workflow per question) passes everything;
 - every run gives a verdict and leaves no process behind (no wall-clock budget).
 
@@ -31,6 +31,10 @@ VARIANTS = [
         "temporal-all-answered": ("a continue-as-new that drops the cursor", "pass the cursor"),
         "temporal-resumes": ("The batch asked questions again without any crash",
                              "a continue-as-new that drops the cursor", "new run of the same workflow"),
+    }),
+    Variant("summarize_outside_journal", changed=("restate_batch.py",), fails={
+        "restate-resumes": ("The new pod asked finished questions again", "a step outside ctx.run is not journaled",
+                            "not every await"),
     }),
     Variant("good_per_question"),
 ]
