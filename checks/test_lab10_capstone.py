@@ -431,6 +431,16 @@ class Scenario:
         run.answered_at_kill = set(rows)
         if run.runtime == "langgraph":
             run.origins_before_kill = checkpoint_threads(run.db_url)
+        unanswered = [q["id"] for q in run.questions[:run.kill_after] if q["id"] not in rows]
+        if held in run.asked_before_kill and unanswered:  # (a batch that never got there is judged by the checks)
+            raise CheckFailed(
+                f"The eviction did not land after question {run.kill_after} ({run.runtime})",
+                observed=f"question {held}'s LLM call was in flight, but {len(unanswered)} earlier question(s) had "
+                         f"no published answer ({', '.join(unanswered[:3])})",
+                expected=f"questions 1..{run.kill_after} answered, in the queue's order, before question "
+                         f"{run.kill_after + 1} is asked",
+                revisit="The batch answers its questions one at a time, in order: search, summarize, review and "
+                        "publish one question before the next starts.")
         if held in rows or len(rows) >= N:
             raise CheckFailed(
                 f"The eviction did not land mid-batch ({run.runtime})",
