@@ -20,7 +20,10 @@ def test_devcontainer_parses_and_runs_the_readme_setup():
     assert config["postCreateCommand"] == "make setup", config["postCreateCommand"]
     readme = (REPO / "README.md").read_text()
     assert "make setup" in readme and "make demo" in readme and "make test" in readme
-    assert "make up" in config["postStartCommand"]
+    # The services start through a script that outlives the start command (issue 19): it runs `lab up`.
+    assert config["postStartCommand"] == "bash .devcontainer/start-services.sh", config["postStartCommand"]
+    start_script = (REPO / ".devcontainer" / "start-services.sh").read_text()
+    assert "lab up" in start_script, "start-services.sh no longer starts the course services"
     assert {7233, 8233, 8888} <= set(config["forwardPorts"])
     labels = {port: attrs["label"] for port, attrs in config["portsAttributes"].items()}
     assert {"7233", "8233", "8888"} <= set(labels) and all(labels.values())
