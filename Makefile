@@ -29,10 +29,12 @@ setup: $(STAMP)
 	  echo "npm not found: Lab 07 needs Node.js 20+ and npm for the Restate server (then run make setup again);"; \
 	  echo "until then its checks report NOT CHECKED, and everything else works (lab doctor)"; fi
 
-# Lab 07's Restate server comes from npm (package.json pins @restatedev/restate-server).
+# Lab 07's Restate server comes from npm (package.json pins @restatedev/restate-server). The binary
+# is in a per-platform package with no install script; the only script in the tree is @scarf/scarf's
+# usage report, which an offline course has no reason to run.
 NODE_STAMP := node_modules/.package-lock.json
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm ci --no-audit --no-fund --ignore-scripts
 
 demo: setup
 	$(BIN)/lab demo 01 --no-ui
