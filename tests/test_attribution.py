@@ -71,6 +71,18 @@ PLAIN = """
 """
 
 
+
+@pytest.fixture(autouse=True)
+def stop_the_programs_each_test_started():
+    """A program that exits by itself stays registered with labkit.proc until it is stopped (its
+    process group may outlive it): stop what each test started, so no later test in this
+    interpreter finds it in proc.live()."""
+    before = {program.pid for program in proc.live()}
+    yield
+    for program in proc.live():
+        if program.pid not in before:
+            program.stop()
+
 def test_a_student_program_sends_its_origin_with_every_request(tmp_path, capture):
     """Given a program started as student code, when it sends a request outside any activity,
     then the header names its program and pid, and no activity or node."""
