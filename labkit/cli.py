@@ -6,6 +6,7 @@
     lab watch NN     lab reset NN     lab solution NN      (students)
     lab hold [WORKFLOW_ID]     lab release WORKFLOW_ID   (hold a retry while you kill a worker)
     lab grade SUBMISSIONS                                  (instructors)
+    lab capstone [--questions N]                           (a lab's own command: checks/command_*.py)
 """
 
 from __future__ import annotations
@@ -775,32 +776,6 @@ def release(workflow_id: str = typer.Argument(..., help="the workflow `lab hold`
 
 
 @app.command()
-def capstone(
-    questions: int = typer.Option(20, "--questions", min=3, help="questions per batch (the text's: 200)"),
-    out: Path = typer.Option(REPO / ".lab" / "capstone", "--out", help="where capstone.md and capstone.svg go"),
-    path: Optional[Path] = typer.Option(None, "--path", help="the Lab 10 folder (default: labs/lab10_capstone)"),
-    solution: bool = typer.Option(False, "--solution", help="the reference solution"),
-) -> None:
-    """Lab 10: evict each runtime's batch mid-way, and print the runtimes side by side (docs/capstone.md)."""
-    lab = find_lab("10")
-    target = lab.solution_dir if solution else (path.resolve() if path else lab.starter_dir)
-    out = out.resolve()
-    for name in ("capstone.md", "capstone.svg", "capstone.json"):  # never show an older run's table
-        (out / name).unlink(missing_ok=True)
-    os.environ.update(LAB10_QUESTIONS_N=str(questions), LAB10_REPORT_DIR=str(out))
-    console.print(f"lab 10 on {target} with {questions} questions per batch … about a minute per 20")
-    records = run_checks(lab, ["--solution"] if solution else ["--lab-path", str(target)], verbose=False)
-    for record in records:
-        print_record(lab, record)
-    if not (out / "capstone.md").exists():
-        console.print("[red]no table[/red]: a runtime's run failed (see above)")
-        raise typer.Exit(1)
-    console.print((out / "capstone.md").read_text(), markup=False)
-    console.print(f"table and picture: {out / 'capstone.md'}, {out / 'capstone.svg'}", markup=False)
-    raise typer.Exit(0 if all(r["outcome"] == "passed" for r in records) else 1)
-
-
-@app.command()
 def up() -> None:
     """Start the course services in the background (Temporal + Web UI, course LLM)."""
     from . import background
@@ -838,6 +813,18 @@ def doctor() -> None:
         console.print(f"{mark} {what}: {detail}")
     raise typer.Exit(0 if all(ok for ok, _, _ in results) else 1)
 
+
+def add_lab_commands() -> None:
+    """A lab may bring a command of its own (e.g. Lab 10's `lab capstone`): checks/command_<slug>.py
+    defines NAME and a Typer-style function `command`. Lab knowledge stays beside the lab's check."""
+    for path in sorted((REPO / "checks").glob("command_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        app.command(name=module.NAME)(module.command)
+
+
+add_lab_commands()
 
 if __name__ == "__main__":
     app()

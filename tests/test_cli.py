@@ -158,3 +158,16 @@ def test_server_option_refuses_what_is_not_a_url(tmp_path):
     out = lab("check", "01", "--server", "localhost-8288", home=tmp_path)
     assert out.returncode == 2, out.stdout
     assert "--server wants an http(s) URL" in out.stdout
+
+
+def test_a_lab_command_from_checks_runs_lab10s_capstone(tmp_path):
+    """Given Lab 10's own command (checks/command_lab10_capstone.py, registered by labkit.cli without
+    knowing the lab), When `lab capstone --questions 3 --solution` runs, Then it prints the side-by-side
+    table for 3 questions and writes the Markdown and the picture where --out says."""
+    out = tmp_path / "report"
+    done = lab("capstone", "--questions", "3", "--solution", "--out", str(out), home=tmp_path)
+    assert done.returncode == 0, tail_of(done.stdout + done.stderr)
+    assert "| 3 questions" in done.stdout and "| naive | langgraph | temporal | restate |" in done.stdout, \
+        tail_of(done.stdout)
+    assert "| 3 questions" in (out / "capstone.md").read_text()
+    assert (out / "capstone.svg").read_text().lstrip().startswith("<")
