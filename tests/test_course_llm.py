@@ -670,7 +670,7 @@ def test_chat_completions_scripted_tool_calls(llm, connect, key):
     ({"turns": [{"reply": "a"}], "reply": "b"}, "in its last turn"),
     ({"turns": [{"reply": "a", "arguments": {"k": 1}}]}, "belongs to `tool`"),
     ({"turns": [{"tool": "x", "argumnets": {}}, {"reply": "a"}]}, "argumnets"),
-    ({"endpoint": "embeddings"}, "endpoint"),
+    ({"endpoint": "images"}, "endpoint"),
 ])
 def test_a_bad_script_fails_loudly(rule, complaint):
     from pydantic import ValidationError

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Endpoint = Literal["chat.completions", "responses", "any"]
+Endpoint = Literal["chat.completions", "responses", "embeddings", "any"]
 
 
 class ToolCall(BaseModel):
@@ -88,6 +88,8 @@ class Rule(BaseModel):
     reply_json: Any = Field(None, description="reply given as JSON text")
     fail_first: int = Field(0, ge=0, description="fail this many matching requests per caller")
     fail_status: Literal[429, 500, 503] = 500
+    fail_always: bool = Field(False, description="fail every matching request (a model that is down), "
+                                                  "not only the first `fail_first`")
     latency_ms: int = Field(0, ge=0)
     malformed: bool = Field(False, description="reply with text that is not the promised JSON "
                                                 "(tool calls: arguments that are not JSON)")

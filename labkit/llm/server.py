@@ -16,6 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from openai.types import CreateEmbeddingResponse, Embedding
+from openai.types.create_embedding_response import Usage as EmbeddingUsage
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 from openai.types.responses import (Response, ResponseFunctionToolCall, ResponseOutputMessage,
@@ -24,6 +26,7 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 from pydantic import TypeAdapter, ValidationError
 
 from .. import attribution
+from . import embeddings
 from .ledger import Ledger, caller_of
 from .tokens import chat_prompt_tokens, count_tokens, responses_input_tokens, usage_for  # noqa: F401
 from .rules import Rule, RuleBook
@@ -101,8 +104,8 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
         # Counting and recording happen with no await in between: the check
         # "is this one of the first N?" and the write are one atomic step.
         seen = ledger.count(caller=caller, rule=rule.name)
-        if seen < rule.fail_first:
-            fault = f"fail_first {seen + 1}/{rule.fail_first}"
+        if rule.fail_always or seen < rule.fail_first:
+            fault = "fail_always" if rule.fail_always else f"fail_first {seen + 1}/{rule.fail_first}"
             ledger.record(caller=caller, endpoint=endpoint, model=model, prompt=prompt,
                           request=body, rule=rule.name, status=rule.fail_status, fault=fault, reply=None,
                           origin=origin)
@@ -202,5 +205,53 @@ def create_app(ledger_dir: Path, rules: RuleBook) -> FastAPI:
                 output_tokens_details=OutputTokensDetails(reasoning_tokens=usage.reasoning_tokens)),
         )
         return JSONResponse(response.model_dump(mode="json", exclude_none=True))
+
+    @app.post("/v1/embeddings")
+    async def create_embeddings(request: Request):
+        """One vector per input text (labkit.llm.embeddings: deterministic per model and text). Rules
+        with endpoint="embeddings" decide faults and latency, matched on the input texts (joined by
+        newlines) and the model; the ledger records the request like a chat call, with the origin."""
+        body = await request.json()
+        texts = embeddings.input_texts(body.get("input"))
+        if not texts or any(not text for text in texts):
+            return openai_error(400, "input must be a non-empty string or a list of non-empty strings",
+                                "invalid_request_error")
+        dimensions = body.get("dimensions")
+        dimensions = embeddings.DEFAULT_DIMENSIONS if dimensions is None else dimensions
+        if type(dimensions) is not int or not 1 <= dimensions <= 3072:
+            return openai_error(400, "dimensions must be an integer from 1 to 3072", "invalid_request_error")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            return openai_error(400, "encoding_format must be 'float' or 'base64'", "invalid_request_error")
+        tokens = sum(count_tokens(text) for text in texts)
+        origin = attribution.parse(request.headers.get(attribution.HEADER))
+        caller = caller_of((request.headers.get("authorization") or "").removeprefix("Bearer ").strip() or None)
+        model = str(body.get("model", ""))
+        prompt = "\n".join(texts)
+        rule = rules.pick("embeddings", model, prompt)
+        usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens, "reasoning_tokens": 0}
+        seen = ledger.count(caller=caller, rule=rule.name)  # no await before the record: one atomic step
+        if rule.fail_always or seen < rule.fail_first:
+            fault = "fail_always" if rule.fail_always else f"fail_first {seen + 1}/{rule.fail_first}"
+            ledger.record(caller=caller, endpoint="embeddings", model=model, prompt=prompt, request=body,
+                          rule=rule.name, status=rule.fail_status, fault=fault, reply=None, origin=origin)
+            await asyncio.sleep(rule.latency_ms / 1000)
+            kind = "rate_limit_exceeded" if rule.fail_status == 429 else "server_error"
+            return openai_error(rule.fail_status, f"injected fault ({fault}) by rule {rule.name!r}", kind)
+        vectors = [embeddings.vector(model, text, dimensions) for text in texts]
+        ledger.record(caller=caller, endpoint="embeddings", model=model, prompt=prompt, request=body,
+                      rule=rule.name, status=200, fault=None,
+                      reply=json.dumps({"vectors": len(vectors), "dimensions": dimensions}),
+                      origin=origin, usage=usage)
+        await asyncio.sleep(rule.latency_ms / 1000)
+        if encoding == "base64":  # the wire carries a string where the type says list[float]
+            data = [Embedding.model_construct(embedding=embeddings.to_base64(v), index=i, object="embedding")
+                    for i, v in enumerate(vectors)]
+        else:
+            data = [Embedding(embedding=v, index=i, object="embedding") for i, v in enumerate(vectors)]
+        response = CreateEmbeddingResponse.model_construct(
+            data=data, model=model, object="list",
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+        return JSONResponse(response.model_dump(mode="json", warnings=False))
 
     return app
