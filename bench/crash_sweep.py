@@ -11,7 +11,9 @@ The seed fixes the kill moments (seconds after each start or restart); the machi
 runs at those moments, so a re-run kills at the same offsets, not necessarily in the same places.
 Prints one line per kill, then the report (trials, kills fired, violations, at-least-once repeats,
 where the kills landed, and how many kills found no live process). Exit status 1 on a violation.
-The engine is labkit/sweep.py; each lab's scenario is in bench/sweeps/. Figures: bench/README.md.
+The engine is labkit/sweep.py; each lab's scenario is checks/scenario_<slug>.py, beside its check
+(which shares its code). `lab sweep NN` is the students' command over the same scenarios; this is
+the course's long-run driver. Figures: bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(REPO))
 
-from labkit import proc  # noqa: E402
-from labkit.sweep import Report, run_sweep  # noqa: E402
-from sweeps import load  # noqa: E402
+from labkit import course, proc  # noqa: E402
+from labkit.sweep import NoScenario, Report, load_scenario, run_sweep  # noqa: E402
 
 
 def rerun_command(args: argparse.Namespace, seed: int) -> str:
     argv = [".venv/bin/python", "bench/crash_sweep.py", "--lab", args.lab, "--trials", str(args.trials),
-            "--kills", str(args.kills), "--seed", str(seed), "--subjects", str(args.subjects)]
+            "--kills", str(args.kills), "--seed", str(seed)]
+    if args.subjects is not None:
+        argv += ["--subjects", str(args.subjects)]
     if args.path:
         argv += ["--path", str(args.path)]
     if args.start_gap is not None:
@@ -44,17 +47,21 @@ def rerun_command(args: argparse.Namespace, seed: int) -> str:
     return shlex.join(argv)
 
 
-def sweep(lab: str, *, trials: int, kills: int, seed: int, subjects: int, workdir: Path,
+def sweep(lab: str, *, trials: int, kills: int, seed: int, subjects: int | None, workdir: Path,
           path: Path | None = None, command: str = "", log=print, **options) -> Report:
-    """One sweep of one lab, its servers started and stopped here (also used by tests/test_crash_sweep.py)."""
-    scenario = load(lab, workdir=workdir, subjects=subjects, path=path, **options)
+    """One sweep of one lab, its servers started and stopped here (also used by tests/test_crash_sweep.py).
+    subjects None: the scenario's own default."""
+    if subjects is not None:
+        options["subjects"] = subjects
+    scenario = load_scenario(course.load().lab(lab), workdir=workdir, path=path, **options)
     return asyncio.run(run_sweep(scenario, seed=seed, trials=trials, kills=kills, command=command, log=log))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lab", required=True,
-                        help="01, 02, 05, 06 (Temporal) or 03, 04 (LangGraph); see bench/sweeps/labNN.py")
+                        help="01, 02, 05, 06 (Temporal), 03, 04 (LangGraph), 07 (Restate); "
+                             "the scenario: checks/scenario_<slug>.py")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--kills", type=int, default=3, help="kills per trial")
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, printed")
@@ -68,7 +75,6 @@ def main() -> int:
                         help="Lab 03: let the graph processes create the checkpoint tables themselves, at once "
                              "(reproduces PostgresSaver.setup()'s race; see docs/design.md)")
     args = parser.parse_args()
-    args.subjects = args.subjects or {"01": 4, "02": 4, "03": 5, "04": 4, "05": 4, "06": 4}.get(args.lab, 4)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     with tempfile.TemporaryDirectory(prefix=f"sweep{args.lab}-") as tmp:
         try:
@@ -76,6 +82,9 @@ def main() -> int:
                            workdir=Path(tmp), path=args.path, command=rerun_command(args, seed),
                            **({"cold_schema": True} if args.cold_schema else {}),
                            **({"start_gap_s": args.start_gap} if args.start_gap is not None else {}))
+        except (NoScenario, KeyError) as err:
+            print(err.args[0], file=sys.stderr)
+            return 2
         finally:
             proc.reap_all()  # whatever an interrupted sweep left running
     print(report.render())

@@ -23,36 +23,17 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from labkit import course, prefork
-from labkit.harness import WorkerHarness
 from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
-
-from .common import graded_copy, with_latency
-from .temporal_kit import (STARTED, WORKFLOW_TASK_TIMEOUT, WorkerScenario, completed_activities, release_dead_worker,
-                           results_of)
+from labkit.sweep_kit import graded_copy, with_latency
+from labkit.sweep_temporal import (STARTED, WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, completed_activities,
+                                   release_dead_worker, results_of)
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
 ACTIVITIES = ["call_llm", "parse_json", "save_to_db"]
 MAX_ATTEMPTS = 3  # the lab's RetryPolicy(maximum_attempts=3), which its check requires
-
-
-class ForkedWorkers(WorkerHarness):
-    """labkit's worker harness, its workers forked from the warm interpreter when one runs."""
-
-    def __init__(self, *args, forks: prefork.ForkServer | None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.forks = forks
-
-    def start_worker(self):
-        if self.forks is None:
-            return super().start_worker()
-        n = len(self.workers) + 1
-        worker = self.forks.start(self.target.module("worker"), [], name=f"worker{n}",
-                                  log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
-        self.workers.append(worker)
-        return worker
 
 
 class Sweep(WorkerScenario):

@@ -32,9 +32,9 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpda
 from temporalio.service import RPCError, RPCStatusCode
 
 from labkit.sweep import Violation
+from labkit.sweep_temporal import WORKFLOW_TASK_TIMEOUT, completed_activities, landing
 
-from . import lab01
-from .temporal_kit import completed_activities, landing
+import scenario_lab01_temporal_crash as lab01  # this lab's sweep is Lab 01's with the gate
 
 APPROVAL_TIMEOUT_S = 600
 # index % 4: (decision, how, when) of the first decision; the second always contradicts it
@@ -69,7 +69,7 @@ class Sweep(lab01.Sweep):
                       "but support sorted it out in minutes.")
             self.handles[workflow_id] = await self.client.start_workflow(
                 "AnalyzeWorkflow", {"prompt": prompt, "approval_timeout_seconds": APPROVAL_TIMEOUT_S},
-                id=workflow_id, task_queue=self.harness.task_queue, task_timeout=lab01.WORKFLOW_TASK_TIMEOUT)
+                id=workflow_id, task_queue=self.harness.task_queue, task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def _at_gate(self, workflow_id: str) -> bool:
         handle = self.handles.get(workflow_id)

@@ -24,38 +24,22 @@ holds the report); exactly one checkpoint per step, steps -1..3 (the N+2 = 5 row
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from labkit import course, prefork, proc
-from labkit.feedback import student_error
 from labkit.postgres import from_env
 from labkit.services import CourseLLM
 from labkit.sweep import LogicalCall, Violation
-
-from .common import graded_copy, with_latency
+from labkit.sweep_kit import graded_copy, last_exception, with_latency
 
 PRELOAD = ["langgraph.graph", "langgraph.checkpoint.postgres", "openai", "psycopg"]
 NODES = ["fetch", "transform", "report"]
 STEP = {node: n + 1 for n, node in enumerate(NODES)}  # the checkpoint a node's result lands in
 FINISHED_STEPS = [-1, 0, 1, 2, 3]
 NODE_TAG = "[lab03 node="
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
-
-
-def last_exception(log: str) -> str:
-    """The exception line of a traceback (psycopg's UniqueViolation included, which student_error misses);
-    else the log's last line (a sys.exit("message") prints only the message, e.g. Lab 04's `approve`)."""
-    lines = [line for line in log.splitlines() if EXCEPTION_LINE.match(line) and not line.startswith(("DETAIL", "HINT"))]
-    if found := student_error(log) or (lines[-1] if lines else None):
-        return found
-    tail = [line for line in log.splitlines() if line.strip()]
-    return f"no exception; its log ends {tail[-1][:200]!r}" if tail else "no error in its log (empty)"
-
-
 def node_of(prompt: str) -> str | None:
     if NODE_TAG not in prompt:
         return None

@@ -12,7 +12,7 @@ A kill SIGKILLs every graph process alive (a crashed host). The restart is the o
   a killed run with no checkpoint     -> `run` again;
   a killed run paused or beyond       -> nothing (it waits for the human, who re-sends below);
   a killed run in between             -> `resume`: continue from the thread's latest checkpoint with
-                                         no new input (bench/sweeps/lab04_resume.py, with the lab's
+                                         no new input (checks/scenario_lab04_resume.py, with the lab's
                                          graph and saver; the CLI has no resume: `replay` from the
                                          head writes a fork checkpoint, see that file);
   a killed approve, review not saved  -> the human sends the same decision again.
@@ -45,9 +45,7 @@ from labkit.postgres import from_env
 from labkit.services import CourseLLM
 from labkit.sweep import LogicalCall, Violation
 from labkit.web import CourseWeb
-
-from .common import graded_copy, with_latency
-from .lab03 import last_exception
+from labkit.sweep_kit import graded_copy, last_exception, with_latency
 
 PRELOAD = ["langgraph.graph", "langgraph.graph.message", "langgraph.types", "langgraph.checkpoint.postgres",
            "langchain_core.messages", "openai", "psycopg", "httpx"]
@@ -56,7 +54,7 @@ KINDS = [("before", None), ("before", "EDITED by the sweep's reviewer"), ("inter
 SEARCH_STEP, SUMMARIZE_STEP, REVIEW_STEP = 1, 2, 3  # the checkpoint each node's result lands in (no edit)
 NODE_TAG = "[lab04 node=summarize]"
 QUERY = "quantum error correction"
-RESUME_MODULE = "sweep_resume"  # lab04_resume.py, copied next to the graded lab folder
+RESUME_MODULE = "sweep_resume"  # scenario_lab04_resume.py, copied next to the graded lab folder
 
 
 class Sweep:
@@ -78,7 +76,7 @@ class Sweep:
 
     async def start(self) -> None:
         self.target = graded_copy(self.lab, self.workdir, self.path)
-        shutil.copy(Path(__file__).with_name("lab04_resume.py"), self.target.root / f"{RESUME_MODULE}.py")
+        shutil.copy(Path(__file__).with_name("scenario_lab04_resume.py"), self.target.root / f"{RESUME_MODULE}.py")
         state = self.workdir / "services"
         self.postgres = from_env(state / "pg")
         self.llm = CourseLLM(state, rules_files=[course.COURSE_TOML])

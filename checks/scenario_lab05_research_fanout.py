@@ -42,10 +42,9 @@ from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
 from labkit.web import DEFAULT_CORPUS, CourseWeb, load_corpus, rank
-
-from .common import graded_copy, with_latency
-from .lab01 import ForkedWorkers
-from .temporal_kit import STARTED, WORKFLOW_TASK_TIMEOUT, release_dead_worker, results_of, WorkerScenario
+from labkit.sweep_kit import graded_copy, with_latency
+from labkit.sweep_temporal import (STARTED, WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, release_dead_worker,
+                                   results_of)
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "httpx"]

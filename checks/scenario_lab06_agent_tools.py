@@ -41,10 +41,8 @@ from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sink import NotificationSink
 from labkit.sweep import LogicalCall, Violation
-
-from .common import graded_copy, with_latency
-from .lab01 import ForkedWorkers
-from .temporal_kit import WORKFLOW_TASK_TIMEOUT, release_dead_worker, results_of, WorkerScenario
+from labkit.sweep_kit import graded_copy, with_latency
+from labkit.sweep_temporal import WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, release_dead_worker, results_of
 
 MODEL_ACTIVITY = "invoke_model_activity"
 NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}  # offline: the Agents SDK would export traces

@@ -34,8 +34,7 @@ from labkit import course, proc, restate
 from labkit.services import CourseLLM
 from labkit.sink import NotificationSink
 from labkit.sweep import LogicalCall, Violation
-
-from .common import graded_copy
+from labkit.sweep_kit import graded_copy
 
 SERVICE = "ChatSession"
 

@@ -10,6 +10,10 @@ workflows or threads, what to kill, where a kill landed, what is durably recorde
 the end state); the engine owns the schedule, the kill/restart loop, the proof that each kill
 fired, the audit of the LLM ledger, and the report.
 
+Where a lab's scenario lives, by convention (as `lab demo` finds checks/demo_<slug>.py):
+checks/scenario_<slug>.py, beside the lab's check, which imports from it what both need. The
+module defines `Sweep(workdir, path=None, **options)`, a `Scenario`; `load_scenario` builds it.
+
 The LLM-call rule, precisely (see docs/design.md, "Crash sweep"):
   a logical call L is *in flight at kill j* when
     (a) the course LLM's ledger has an entry for L that arrived during epoch j (after the
@@ -30,13 +34,18 @@ logical calls per ledger name, and the report keeps a tally per ledger.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import random
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence
+
+from . import course
 
 SETTLE_S = 0.2  # after a kill: lets requests the dead process had already written reach the servers
 
@@ -182,6 +191,40 @@ class Scenario(Protocol):
     # def tallies(self) -> dict[str, int]: ...
     async def verify(self, trial: int) -> list[Violation]: ...  # nothing lost, one row per run, ...
     async def end_trial(self) -> None: ...
+
+
+# --- where a lab's scenario lives -----------------------------------------------------------------
+
+CHECKS_DIR = course.REPO / "checks"
+
+
+class NoScenario(LookupError):
+    """The lab has no crash sweep; the message says so plainly."""
+
+
+def scenario_path(lab: course.Lab) -> Path:
+    """checks/scenario_<slug>.py: the lab's scenario, beside its check (the same naming as its demo)."""
+    return CHECKS_DIR / f"scenario_{lab.slug}.py"
+
+
+def scenario_module(lab: course.Lab):
+    """The lab's scenario module, imported by its own name with checks/ on sys.path, exactly as a
+    check imports it (`import scenario_<slug>`), so the check and the sweep share one module object."""
+    path = scenario_path(lab)
+    if not path.exists():
+        raise NoScenario(f"lab {lab.id} has no crash sweep yet: no {path.relative_to(course.REPO)} "
+                         "(the scenario a sweep runs lives beside the lab's check)")
+    if str(CHECKS_DIR) not in sys.path:
+        sys.path.insert(0, str(CHECKS_DIR))
+    return importlib.import_module(path.stem)
+
+
+def load_scenario(lab: course.Lab, **options) -> "Scenario":
+    """The lab's scenario, ready to run: `Sweep(workdir=..., path=..., subjects=..., ...)`."""
+    module = scenario_module(lab)
+    if not hasattr(module, "Sweep"):
+        raise NoScenario(f"{scenario_path(lab).relative_to(course.REPO)} defines no `Sweep` class")
+    return module.Sweep(**options)
 
 
 # --- the report ----------------------------------------------------------------------------------

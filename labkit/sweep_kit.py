@@ -1,14 +1,18 @@
-"""What every sweep scenario needs: a graded copy of the lab folder and a slower course LLM.
+"""What every sweep scenario needs: a graded copy of the lab folder, a slower course LLM, and the
+one line that says why a student process died.
 
 The copy is made the way the checks make theirs (labkit.pytest_plugin.make_target), so the
-sweep runs exactly the code `lab check --solution` grades, and never writes into solutions/.
+sweep runs exactly the code `lab check` grades, and never writes into solutions/ or labs/.
+Each lab's scenario is checks/scenario_<slug>.py (labkit.sweep.load_scenario).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from labkit import course
+from labkit.feedback import student_error
 from labkit.llm.rules import RuleBook
 from labkit.pytest_plugin import LabTarget
 from labkit.pytest_plugin import graded_copy as plugin_graded_copy
@@ -34,3 +38,16 @@ def with_latency(rule_names: list[str], latency_ms: int) -> list[dict]:
         raise SystemExit(f"course.toml has no LLM rule named {', '.join(missing)}")
     return [found[name].model_copy(update={"latency_ms": latency_ms}).model_dump(exclude_defaults=True)
             for name in rule_names]
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
+def last_exception(log: str) -> str:
+    """The exception line of a traceback (psycopg's UniqueViolation included, which student_error misses);
+    else the log's last line (a sys.exit("message") prints only the message, e.g. Lab 04's `approve`)."""
+    lines = [line for line in log.splitlines() if EXCEPTION_LINE.match(line) and not line.startswith(("DETAIL", "HINT"))]
+    if found := student_error(log) or (lines[-1] if lines else None):
+        return found
+    tail = [line for line in log.splitlines() if line.strip()]
+    return f"no exception; its log ends {tail[-1][:200]!r}" if tail else "no error in its log (empty)"

@@ -23,7 +23,8 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from labkit import temporal
+from labkit import prefork, temporal
+from labkit.harness import WorkerHarness
 
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)  # the server's default is 10 s
 STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
@@ -89,6 +90,23 @@ async def results_of(handles: dict[str, WorkflowHandle], feed: asyncio.Task, tim
         except Exception as err:  # the workflow failed: verify() reports it
             results[workflow_id] = err
     return results
+
+
+class ForkedWorkers(WorkerHarness):
+    """labkit's worker harness, its workers forked from the warm interpreter when one runs."""
+
+    def __init__(self, *args, forks: prefork.ForkServer | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forks = forks
+
+    def start_worker(self):
+        if self.forks is None:
+            return super().start_worker()
+        n = len(self.workers) + 1
+        worker = self.forks.start(self.target.module("worker"), [], name=f"worker{n}",
+                                  log_path=self.workdir / f"worker{n}.log", env=self.env, cwd=self.workdir)
+        self.workers.append(worker)
+        return worker
 
 
 class WorkerScenario:
