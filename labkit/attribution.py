@@ -11,10 +11,11 @@ a request alone, so every student program a check starts runs under this module:
 which installs two hooks before the program's first line runs:
 
 - every HTTP request sent with httpx (the openai client, page downloads) carries the header
-  ``X-Lab-Origin``: JSON ``{"pid", "program", "activity", "node", "thread"}``, where ``activity``
+  ``X-Lab-Origin``: JSON ``{"pid", "program", "activity", "node", "thread"[, "hatchet"]}``, where ``activity``
   is the Temporal activity attempt running in that context (``{"type", "id", "attempt",
   "workflow_id", "run_id"}``) or null, ``node`` the LangGraph node running in that context and
-  ``thread`` its graph run's thread_id, or null. The
+  ``thread`` its graph run's thread_id, or null, ``hatchet`` the Hatchet task attempt a worker runs
+  in that context (``{"task", "workflow", "retry_count", "step_run_id", "workflow_run_id"}``), absent outside one. The
   course LLM, the course web and the notification sink record it beside each request.
 - when ``LAB_ATTEMPT_LOG`` names a file, every Temporal activity attempt of a worker is appended to
   it as two JSON lines: a ``start`` when the attempt begins in the worker and an ``end`` with its
@@ -72,11 +73,37 @@ def _langgraph_run() -> tuple[str | None, str | None]:
     return config.get("metadata", {}).get("langgraph_node"), None if thread is None else str(thread)
 
 
+def _hatchet_task() -> dict | None:
+    """The Hatchet task attempt running in this context on a worker, or None.
+
+    hatchet-sdk 1.x's worker sets context variables around each task attempt (and copies them into
+    the thread of a sync task): the task's Context (task and workflow names) and its retry count,
+    step run id and workflow run id. Read only when the SDK is already imported; mock_run sets none."""
+    variables = sys.modules.get("hatchet_sdk.runnables.contextvars")
+    if variables is None:
+        return None
+    try:
+        context = variables.ctx_hatchet_context.get()
+        step_run_id = variables.ctx_step_run_id.get()
+        if context is None and step_run_id is None:
+            return None
+        return {"task": getattr(context, "task_name", None), "workflow": getattr(context, "workflow_name", None),
+                "retry_count": variables.ctx_task_retry_count.get(), "step_run_id": step_run_id,
+                "workflow_run_id": variables.ctx_workflow_run_id.get()}
+    except Exception:  # another SDK version: no attribution rather than a broken request
+        return None
+
+
 def origin() -> dict[str, Any]:
     """Where the calling code runs: the process, its program, the activity attempt, the graph node
-    and the graph's thread id (with a checkpointer: which thread the request belongs to)."""
+    and the graph's thread id (with a checkpointer: which thread the request belongs to), and the
+    Hatchet task attempt (when a Hatchet worker runs it)."""
     node, thread = _langgraph_run()
-    return {"pid": os.getpid(), "program": _program, "activity": _activity.get(), "node": node, "thread": thread}
+    found = {"pid": os.getpid(), "program": _program, "activity": _activity.get(), "node": node, "thread": thread}
+    hatchet = _hatchet_task()
+    if hatchet is not None:
+        found["hatchet"] = hatchet
+    return found
 
 
 def parse(header: str | None) -> dict | None:
