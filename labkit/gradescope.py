@@ -43,7 +43,9 @@ from . import course, grading
 from .course import REPO, same_code
 
 ROOT_DEFAULT = Path("/autograder")
-SCRIPTS = ("setup.sh", "run_autograder")
+SCRIPTS = ("setup.sh", "setup-node.sh", "run_autograder")
+NPM_SERVICES = {"restate"}  # course.toml `services` whose server npm ships (package-lock.json pins it)
+NPM_FILES = ("package.json", "package-lock.json")
 SHIPPED = ("pyproject.toml", "requirements.lock", "README.md", "course.toml", "labkit", "checks")  # + labs/: from git
 SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints", ".lab", ".pytest_cache"}
 CONFIG = "autograder.toml"
@@ -188,6 +190,9 @@ def build(out: Path, labs: str | None = None, repo: Path = REPO, ref: str = "HEA
             archive.writestr(info, (repo / "gradescope" / script).read_bytes())
         for rel in shipped_files(repo):
             archive.write(repo / rel, rel.as_posix())
+        if any(NPM_SERVICES & set(lab.services) for lab in chosen):  # setup-node.sh then runs npm ci
+            for name in NPM_FILES:
+                archive.write(repo / name, name)
         for path in sorted(files.files):
             archive.writestr(path, files.files[path], zipfile.ZIP_DEFLATED)
         archive.writestr(CONFIG, "# the labs this assignment grades (lab ids, course.toml)\n"

@@ -258,3 +258,56 @@ def test_the_readmes_local_recipe_runs_as_written(tmp_path):
     assert f"graded {folder}" in output, output
     log = (here / "ROOT" / "results" / "logs" / "lab01.log").read_text()
     assert log.splitlines()[0] == f"lab 01: graded submission/{folder}", log[:300]
+
+
+def test_a_zip_for_the_restate_lab_ships_the_npm_lock_and_one_for_lab01_does_not(tmp_path):
+    """Given Lab 07 needs restate-server (npm ships it), When a zip grades Lab 07, Then it holds
+    package.json, package-lock.json and setup-node.sh, which setup.sh runs; a Lab 01 zip holds no npm files."""
+    with zipfile.ZipFile(build_zip(tmp_path / "a", "--labs", "07")) as archive:
+        names = set(archive.namelist())
+        assert {"package.json", "package-lock.json", "setup-node.sh"} <= names, sorted(names)[:20]
+        assert (archive.getinfo("setup-node.sh").external_attr >> 16) & 0o111
+        assert archive.read("package-lock.json") == (REPO / "package-lock.json").read_bytes()
+        assert "bash setup-node.sh" in archive.read("setup.sh").decode()
+    with zipfile.ZipFile(build_zip(tmp_path / "b", "--labs", "01")) as archive:
+        assert not {"package.json", "package-lock.json"} & set(archive.namelist())
+
+
+def _tools_only(tmp_path: Path, npm: bool) -> dict:
+    """A PATH with the few tools setup-node.sh uses, and a stand-in npm that records its arguments."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("bash", "dirname", "cat"):
+        (tools / name).symlink_to(shutil.which(name))
+    if npm:
+        (tools / "npm").write_text(f"#!{shutil.which('bash')}\necho \"$@\" > npm-args\n")
+        (tools / "npm").chmod(0o755)
+    return {"PATH": str(tools), "HOME": str(tmp_path)}
+
+
+@pytest.mark.parametrize("npm", [True, False], ids=["npm-present", "npm-and-apt-missing"])
+def test_setup_node_installs_the_locked_packages_or_says_which_labs_go_unchecked(tmp_path, npm):
+    """Given an unpacked zip holding package-lock.json, When setup-node.sh runs, Then with npm it runs
+    `npm ci` (no scripts) and says so; without npm or apt-get it says those labs will be NOT CHECKED and
+    still exits 0 (the other labs are graded)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(REPO / "gradescope" / "setup-node.sh", source)
+    (source / "package-lock.json").write_text("{}")
+    done = subprocess.run([shutil.which("bash"), str(source / "setup-node.sh")], env=_tools_only(tmp_path, npm),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    if npm:
+        assert (source / "npm-args").read_text().split() == ["ci", "--no-audit", "--no-fund", "--ignore-scripts"]
+        assert "npm packages installed" in done.stdout, done.stdout
+    else:
+        assert "will be reported NOT CHECKED" in done.stderr, done.stdout + done.stderr
+
+
+def test_setup_node_does_nothing_for_a_zip_without_npm_packages(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(REPO / "gradescope" / "setup-node.sh", source)
+    done = subprocess.run([shutil.which("bash"), str(source / "setup-node.sh")], env=_tools_only(tmp_path, True),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not (source / "npm-args").exists() and not done.stdout, done.stdout + done.stderr
