@@ -3,6 +3,7 @@
     lab list | lab up | lab down | lab doctor
     lab check NN [--path DIR | --solution] [--repeat N] [--server URL]
     lab hint NN      lab demo NN
+    lab sweep NN [--trials N] [--kills K] [--seed S] [--trial T] [--path DIR | --solution]   (crash-test)
     lab watch NN     lab reset NN     lab solution NN      (students)
     lab hold [WORKFLOW_ID]     lab release WORKFLOW_ID   (hold a retry while you kill a worker)
     lab grade SUBMISSIONS                                  (instructors)
@@ -812,6 +813,35 @@ def doctor() -> None:
         mark = "[green]ok[/green]  " if ok else "[red]FAIL[/red]"
         console.print(f"{mark} {what}: {detail}")
     raise typer.Exit(0 if all(ok for ok, _, _ in results) else 1)
+
+
+@app.command()
+def sweep(
+    lab_id: str = typer.Argument(..., metavar="NN", help="lab number, e.g. 01"),
+    trials: int = typer.Option(5, "--trials", min=1, help="trials, each with its own kill moments"),
+    kills: int = typer.Option(3, "--kills", min=1, help="SIGKILLs per trial, each followed by a restart"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="the kill moments' seed (default: a new one, printed)"),
+    trial: Optional[int] = typer.Option(None, "--trial", min=1, help="re-run only this trial of the seed"),
+    path: Optional[Path] = typer.Option(None, "--path", help="sweep this folder instead of labs/<lab>"),
+    solution: bool = typer.Option(False, "--solution", help="sweep the reference solution"),
+    subjects: Optional[int] = typer.Option(None, "--subjects", min=1, help="workflows or threads per trial "
+                                           "(default: the lab's)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="one line per kill, as it happens"),
+) -> None:
+    """Crash-test your code: SIGKILL it at many seeded random moments, restart, audit the invariants."""
+    from .sweep_run import sweep as run_sweep_command
+
+    lab = find_lab(lab_id)
+    if path and solution:
+        console.print("[red]--path and --solution exclude each other[/red]")
+        raise typer.Exit(2)
+    target = lab.solution_dir if solution else (path.resolve() if path else lab.starter_dir)
+    if not target.is_dir():
+        console.print(f"[red]no folder at {target}[/red]")
+        raise typer.Exit(2)
+    raise typer.Exit(run_sweep_command(console, lab, target, solution=solution, path_given=path is not None,
+                                       trials=trials, kills=kills, seed=seed, trial=trial, subjects=subjects,
+                                       verbose=verbose))
 
 
 def add_lab_commands() -> None:

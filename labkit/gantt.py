@@ -38,8 +38,10 @@ def rows(entries: Iterable[WebEntry]) -> list[tuple[str, WebEntry]]:
 
 
 def svg(entries: Iterable[WebEntry], *, marks: Sequence[tuple[float | datetime, str]] = (), title: str = "",
-        now: float | None = None, width: int = 860) -> str:
-    """A self-contained SVG: a bar per fetch (colour = how it ended), a vertical line per mark."""
+        now: float | None = None, width: int = 860,
+        legend: Sequence[tuple[str, str]] = LEGEND) -> str:
+    """A self-contained SVG: a bar per fetch (colour = how it ended), a vertical line per mark.
+    `legend`: (outcome, what it means here) pairs, for bars that are not page downloads (labkit.sweep)."""
     found = rows(entries)
     if not found:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="30"><text x="8" y="20" ' \
@@ -82,7 +84,7 @@ def svg(entries: Iterable[WebEntry], *, marks: Sequence[tuple[float | datetime, 
                    f'stroke-width="2" stroke-dasharray="4 3"/>')
         out.append(f'<text x="{mx + 4:.1f}" y="{top - 6}" font-weight="bold">{escape(label)}</text>')
     lx = left
-    for outcome, text in LEGEND:
+    for outcome, text in legend:
         out.append(f'<rect x="{lx}" y="{bottom + 24}" width="12" height="10" fill="{COLOURS[outcome]}"/>')
         out.append(f'<text x="{lx + 16}" y="{bottom + 33}">{escape(text)}</text>')
         lx += 30 + 6 * len(text)

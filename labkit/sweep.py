@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import course
 
@@ -96,7 +96,7 @@ class Violation:
     expected: str
 
     def line(self) -> str:
-        return (f"trial {self.trial} {self.subject}: {self.invariant}\n"
+        return (f"trial {self.trial + 1} {self.subject}: {self.invariant}\n"
                 f"    observed: {self.observed}\n    expected: {self.expected}")
 
 
@@ -227,6 +227,63 @@ def load_scenario(lab: course.Lab, **options) -> "Scenario":
     return module.Sweep(**options)
 
 
+# --- one trial, in a line and in a picture ------------------------------------------------------
+
+@dataclass
+class TrialSummary:
+    trial: int  # index; people see trial + 1
+    kills: int
+    kills_fired: int
+    in_flight: int  # calls caught in flight by a kill, every ledger
+    at_least_once: int  # repeats those explain, every ledger
+    violations: int
+    kill_offsets: list[float] = field(default_factory=list)  # seconds after each (re)start
+
+    def line(self, trials: int | str = "") -> str:
+        verdict = f"{self.violations} violation(s)" if self.violations else "0 violations"
+        return (f"trial {self.trial + 1}{'/' + str(trials) if trials else ''}: {self.kills_fired}/{self.kills} kills "
+                f"fired at +{', +'.join(f'{d:.2f}' for d in self.kill_offsets)} s; {self.at_least_once} at-least-once "
+                f"repeat(s) ({self.in_flight} caught in flight); {verdict}")
+
+
+PICTURE_LEGEND = [("complete", "answered"), ("disconnected", "in flight when a kill landed"),
+                  ("failed", "injected fault (not 200)")]
+
+
+def picture(calls: Sequence[LogicalCall], kills: Sequence[Kill], *, reply_s: float = 0.3, title: str = "") -> str:
+    """Where the kills landed: one bar per ledger entry of every logical call (a call's second entry is
+    its own row, "key (2)"), from its arrival for `reply_s` (the course LLM's reply delay), red when the
+    kill that ended its epoch caught it in flight (the audit's rule); a dashed line per kill. Drawn with
+    labkit.gantt."""
+    from .gantt import svg
+    from .web import WebEntry
+
+    keys = [call.key for call in calls]
+    prefix = _common_prefix(keys)
+    fired = [k for k in kills if k.fired]
+    entries = []
+    for call in calls:
+        for n, (at, status) in enumerate(call.entries):
+            cut = any(k.epoch_start <= at < k.restart_at and call.key in k.in_flight for k in fired)
+            entries.append(WebEntry(id=len(entries), at=at, caller="", kind="fetch", slug=call.key[len(prefix):],
+                                    query=None, status=status, fault=None, bytes=0, finished_at=at + reply_s,
+                                    outcome="failed" if status != 200 else "disconnected" if cut else "complete"))
+    marks = [(k.at, f"kill {k.index + 1}") for k in fired]
+    return svg(entries, marks=marks, title=title, legend=PICTURE_LEGEND)
+
+
+def _common_prefix(keys: Sequence[str]) -> str:
+    """The keys' shared start, cut back to a separator, so rows read "w0/call_llm", not the run's ids."""
+    if len(keys) < 2:
+        return ""
+    shared = keys[0]
+    for key in keys[1:]:
+        while not key.startswith(shared):
+            shared = shared[:-1]
+    cut = max(shared.rfind("-"), shared.rfind("/"), shared.rfind("_"))
+    return shared[:cut + 1] if cut >= 0 else ""
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 @dataclass
@@ -245,6 +302,10 @@ class Report:
     ledgers: dict[str, CallAudit] = field(default_factory=dict)  # the other ledgers' tallies (violations in `violations`)
     tallies: dict[str, int] = field(default_factory=dict)  # the scenario's counted, not failed, outcomes
     wall_s: float = 0.0
+    only_trial: int | None = None  # the one trial (index) a re-run ran, else None: trials 0..trials-1
+    per_trial: list[TrialSummary] = field(default_factory=list)
+    picture_trial: int | None = None  # the first trial with a violation, drawn in `picture` (SVG)
+    picture: str = ""
 
     def add_ledger(self, name: str, audit: CallAudit) -> None:
         tally = self.ledgers.setdefault(name, CallAudit())
@@ -262,7 +323,8 @@ class Report:
         return Counter(label for kill in self.kills if kill.fired for label in kill.landed)
 
     def summary(self) -> str:
-        return (f"crash sweep lab {self.lab}: seed {self.seed}, {self.trials} trial(s), "
+        which = f"trial {self.only_trial + 1} only" if self.only_trial is not None else f"{self.trials} trial(s)"
+        return (f"crash sweep lab {self.lab}: seed {self.seed}, {which}, "
                 f"{self.kills_fired}/{len(self.kills)} kills fired, {len(self.violations)} violation(s), "
                 f"{self.at_least_once} at-least-once repeat(s) ({self.in_flight} call(s) caught in flight), "
                 f"{self.logical_calls} logical LLM calls"
@@ -287,6 +349,7 @@ class Report:
             tally.pop("violations")
         for kill in data["kills"]:
             kill["recorded"], kill["in_flight"] = sorted(kill["recorded"]), sorted(kill["in_flight"])
+        data.pop("picture")
         data.update(kills_fired=self.kills_fired, landings=dict(self.landings), summary=self.summary())
         return json.dumps(data, indent=2)
 
@@ -303,8 +366,17 @@ def kill_all(processes: Sequence[Process]) -> tuple[list[int], list[int]]:
     return killed, [p.pid for p in alive if p.pid not in killed]
 
 
-async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print
-                    ) -> tuple[list[Kill], list[Violation], CallAudit, dict[str, CallAudit]]:
+@dataclass
+class Trial:
+    kills: list[Kill]
+    violations: list[Violation]
+    audit: CallAudit
+    others: dict[str, CallAudit]
+    calls: list[LogicalCall]  # every ledger's logical calls (for the picture)
+    started: float  # wall clock
+
+
+async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=print) -> Trial:
     gate = asyncio.Event()
     gate.set()
     epoch_start = trial_start = time.time()
@@ -336,9 +408,11 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
         calls = await scenario.logical_calls()
         audit = audit_calls(trial, kills, calls, origin=trial_start)
         others = {}
+        every_call = list(calls)
         if hasattr(scenario, "ledgers"):
             for name, (what, entries) in (await scenario.ledgers()).items():
                 others[name] = audit_calls(trial, kills, entries, origin=trial_start, what=what)
+                every_call += entries
         violations = [*audit.violations, *(v for other in others.values() for v in other.violations),
                       *await scenario.verify(trial)]
     finally:
@@ -347,27 +421,46 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
     for kill in kills:
         if kill.in_flight:
             log(f"  trial {trial + 1} kill {kill.index + 1} caught in flight: {', '.join(sorted(kill.in_flight))}")
-    return kills, violations, audit, others
+    return Trial(kills, violations, audit, others, every_call, trial_start)
 
 
 async def run_sweep(scenario: Scenario, *, seed: int, trials: int, kills: int, command: str,
-                    log=print) -> Report:
-    report = Report(lab=scenario.lab, seed=seed, trials=trials, kills_per_trial=kills, command=command)
+                    log=print, only_trial: int | None = None,
+                    on_trial: Callable[[TrialSummary], None] | None = None) -> Report:
+    """`trials` trials (indexes 0..trials-1), or only the trial `only_trial` (an index): its kill moments
+    come from (seed, index) alone, so one trial of a sweep re-runs by itself."""
+    report = Report(lab=scenario.lab, seed=seed, trials=trials if only_trial is None else 1,
+                    kills_per_trial=kills, command=command, only_trial=only_trial)
     started = time.monotonic()
-    log(f"crash sweep lab {scenario.lab}: seed {seed}, {trials} trial(s) x {kills} kill(s); re-run: {command}")
+    which = f"trial {only_trial + 1} only" if only_trial is not None else f"{trials} trial(s)"
+    log(f"crash sweep lab {scenario.lab}: seed {seed}, {which} x {kills} kill(s); re-run: {command}")
     await scenario.start()
     try:
-        for trial in range(trials):
+        for trial in (range(trials) if only_trial is None else [only_trial]):
             delays = kill_delays(seed, trial, kills, scenario.kill_window)
-            found, violations, audit, others = await run_trial(scenario, trial, delays, log)
-            report.kills += found
-            report.violations += violations
+            result = await run_trial(scenario, trial, delays, log)
+            audit, others = result.audit, result.others
+            report.kills += result.kills
+            report.violations += result.violations
             report.logical_calls += audit.logical_calls
             report.in_flight += audit.in_flight
             report.at_least_once += audit.at_least_once
             report.scripted += audit.scripted
             for name, other in others.items():
                 report.add_ledger(name, other)
+            summary = TrialSummary(
+                trial=trial, kills=len(delays), kills_fired=sum(k.fired for k in result.kills),
+                in_flight=audit.in_flight + sum(o.in_flight for o in others.values()),
+                at_least_once=audit.at_least_once + sum(o.at_least_once for o in others.values()),
+                violations=len(result.violations), kill_offsets=delays)
+            report.per_trial.append(summary)
+            if result.violations and report.picture_trial is None:
+                report.picture_trial = trial
+                report.picture = picture(result.calls, result.kills, reply_s=getattr(scenario, "latency_ms", 300) / 1000,
+                                         title=f"lab {scenario.lab}, seed {seed}, trial {trial + 1}: where the kills "
+                                               f"landed (first violation: {result.violations[0].subject})")
+            if on_trial is not None:
+                on_trial(summary)
         report.tallies = dict(scenario.tallies()) if hasattr(scenario, "tallies") else {}
     finally:
         await scenario.stop()
