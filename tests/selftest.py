@@ -240,7 +240,9 @@ class Variant:
     changed: the files that differ from the solution's, each marking its bug with BUG(<name>).
     hang_limit_s: this run's hang limit when it must be above HANG_LIMIT_S (a variant whose bug
     makes the check wait out its own long timeouts). budget_s: its old name, read the same way
-    (a hang limit, not a speed target: no run's duration is asserted)."""
+    (a hang limit, not a speed target: no run's duration is asserted).
+    sweep_finds: a known-bad variant that passes every check on purpose (the check's one kill cannot
+    see it) and that a crash sweep catches; its README row gives the seed (tests/test_sweep_catches.py)."""
 
     name: str
     fails: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -248,6 +250,7 @@ class Variant:
     blocked: tuple[str, ...] = ()
     hang_limit_s: float | None = None
     budget_s: float | None = None
+    sweep_finds: bool = False
 
     @property
     def limit_s(self) -> float:
@@ -302,7 +305,9 @@ def assert_verdict(lab: course.Lab, variant: Variant, run: CheckRun, *, budget_s
                 f"{check} should be {not_checked!r}...\n{run.describe()}")
         else:
             assert record["outcome"] == "passed", f"{check} should pass\n{run.describe()}"
-    assert run.returncode == (0 if variant.good else 1), run.describe()
+    assert not (variant.sweep_finds and (variant.fails or variant.blocked)), \
+        f"{variant.name}: a variant only a sweep finds fails no check"
+    assert run.returncode == (0 if variant.good or variant.sweep_finds else 1), run.describe()
 
 
 def run_variant(lab: course.Lab, variant: Variant, tmp_path: Path, *, budget_s: float | None = None,
