@@ -52,6 +52,7 @@ HOLD_CHUNK_MS = 200  # a held page sends a byte every 0.2 s for as long as it is
 # The grader's last guard, not a verdict: a right program finishes long before, and a stuck one is seen
 # stuck (labkit.proc.Watchdog) long before.
 RUN_HANG_S = 600.0
+PROBE_TIMEOUT_S = 5.0  # `--server URL`: one TCP connect before anything is started
 
 CORPUS, _ = load_corpus([DEFAULT_CORPUS])
 TOPICS = sorted({doc.topic for doc in CORPUS.values()
@@ -94,6 +95,7 @@ class Run:
     steps_in_flight: list[str] = field(default_factory=list)  # the executor's running steps then
     release_reason: str = ""
     hung: str = ""
+    unreachable: str = ""  # `--server URL`: why nothing could be sent to the server
 
     @property
     def urls(self) -> list[str]:
@@ -230,9 +232,27 @@ def collect(run: Run, llm, ledger, trace_path: Path) -> Run:
 # cannot happen offline. Written from the SDK's serve() and Inngest's documented REST API
 # (POST /e/{key}, GET /v1/events/{id}/runs).
 
+def unreachable_server(server: str) -> str:
+    """Why nothing answers at the --server URL (one TCP connect: refused at once when nothing listens), or ""."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"a TCP connection to {host}:{port} failed: {type(err).__name__}: {err}"
+    return ""
+
+
 def run_on_server(run: Run, server: str, lab_target, env: dict, workdir: Path, web, ledger, trace_path: Path) -> None:
     import httpx
 
+    run.unreachable = unreachable_server(server)
+    if run.unreachable:  # before the app starts: nothing to stop, a verdict at once
+        release_pages(run, web)
+        return
     port = free_port()
     env = dict(env, INNGEST_DEV=server, INNGEST_BASE_URL=server, LAB08_APP_ID=f"lab08-check-{run.key}")
     argv = [sys.executable, "-m", lab_target.module("serve"), "--port", str(port), "--trace", str(trace_path)]
@@ -397,6 +417,14 @@ def test_the_function_runs_to_completion_on_the_executor(scenario, evidence):
     run = scenario
     evidence.update(executor=f"server {os.environ[SERVER_ENV]}" if os.environ.get(SERVER_ENV) else "in-process (not a server)",
                     body_calls=run.body_calls, pages=run.max_pages)
+    if run.unreachable:
+        server = os.environ.get(SERVER_ENV, "")
+        raise CheckFailed(f"Cannot reach the Inngest server at {server}: nothing answers there. {NOTICE}",
+                          observed=run.unreachable,
+                          expected=f"an Inngest dev server listening at {server}",
+                          revisit="Nothing in your function: `lab check 08 --server URL` needs an Inngest dev server "
+                                  "you run (the README's \"A real server\"). Without one, run `lab check 08` (the "
+                                  "in-process executor).")
     if run.hung:
         raise CheckFailed(f"The run did not finish: {run.hung}. {NOTICE}",
                           observed=run.hung, expected="every step finishes (or fails and is retried) and the run completes",

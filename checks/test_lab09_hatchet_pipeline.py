@@ -20,6 +20,14 @@ attempt that sent it), the outputs each attempt wrote, and the SQLite file read 
 What mock_run cannot show: a scheduler. Backoff waits, queueing under a concurrency limit and
 durable progress across a worker crash exist only on a real server; the concurrency limit is read
 from the registration, not watched.
+
+`lab check 09 --server URL` (LAB_SERVER_URL, with the user's HATCHET_CLIENT_TOKEN) runs the same
+documents on a real Hatchet engine instead (UNTESTED in the course: no engine runs offline): the
+check starts the student's worker (worker.py) and the course's driver (server_run.py) in a
+namespace of their own, the engine orders, retries and replays the tasks, and every attempt is
+read from the engine's task events; each LLM request is tied to its attempt by the Hatchet task,
+retry count and workflow run that labkit.attribution reads from the SDK on the worker
+(docs/decisions/hatchet-server-mode.md). The same checks then judge the same evidence.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import math
 import os
 import random
 import re
+import base64
+import socket
 import sqlite3
 import sys
 import time
@@ -38,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from urllib.parse import urlsplit
 
 from labkit import course, prefork, proc
 from labkit.feedback import CheckFailed, NotChecked, parse_error, student_error, tail, unfinished
@@ -56,6 +68,14 @@ CPU_LIMIT_S = 60.0  # ... or one that used this much CPU (an attempt needs well 
 TAG = re.compile(r"\[lab09 task=([\w-]+) doc=([\w-]+)\]")
 MOCK_NOTE = ("Lab 09 runs on hatchet-sdk's in-process mock (Task.mock_run), not on a Hatchet server: this check "
              "plays the engine (parents' order, retries) and has no scheduler.")
+SERVER_ENV = "LAB_SERVER_URL"  # set by `lab check 09 --server URL` (labkit.cli.SERVER_ENV)
+SERVER = os.environ.get(SERVER_ENV, "").rstrip("/")
+ENGINE = f"Hatchet engine at {SERVER}" if SERVER else "mock_run"
+if SERVER:
+    MOCK_NOTE = (f"This run used the Hatchet engine at {SERVER} (lab check --server, a mode untested in the "
+                 f"course), not mock_run: the engine ordered, retried and replayed the tasks.")
+PROBE_TIMEOUT_S = 5.0  # one TCP connect to the engine's addresses; refused at once when nothing listens
+SERVER_RUN_HANG_S = 900.0  # the grader's last guard: the engine's own timeouts end a stuck task long before
 
 PROVIDERS = ("openai", "anthropic", "mistral", "cohere", "groq", "together")
 SUBJECTS = ("chairs", "printer toner", "a lease", "a refund", "server racks", "coffee beans", "office rent",
@@ -180,10 +200,11 @@ class Attempt:
     stuck: str | None = None
 
     doc_id: str = ""
+    where: str = ""  # on a server: the workflow run (every attempt shares the worker's pid)
 
     @property
     def note(self) -> str:
-        return f"{self.task} of {self.doc_id} (retry_count {self.retry_count}, pid {self.pid})"
+        return f"{self.task} of {self.doc_id} (retry_count {self.retry_count}, {self.where or f'pid {self.pid}'})"
 
 
 @dataclass
@@ -218,6 +239,7 @@ class Scenario:
     other_registration: dict | None = None
     dims: int = 0
     embed_text: object = None
+    attempt_keys: dict | None = None  # on a server: (workflow run, task, retry_count) -> the attempt's key
     failure: CheckFailed | None = None
     dag_failure: CheckFailed | None = None
     seconds: float = 0.0
@@ -415,6 +437,177 @@ def read_rows(url_path: Path) -> tuple[list[tuple] | None, str | None]:
     return rows, None
 
 
+# --- `lab check 09 --server URL`: the same documents on a real Hatchet engine ----------------------
+# UNTESTED in this course: no Hatchet engine runs offline (hatchet-lite is a Docker image, the embedded
+# engine downloads a binary). Written from hatchet-sdk 1.43: its worker, its runs API (details with the
+# task events, replay) and the context variables labkit.attribution reads on the worker.
+
+def token_claims(token: str) -> dict:
+    """The claims of the user's HATCHET_CLIENT_TOKEN (the SDK reads the engine's addresses from them)."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+
+
+def engine_addresses(server: str, environ: dict) -> list[tuple[str, str, int]]:
+    """(what, host, port) of the engine's REST API (the --server URL) and of its gRPC endpoint (from
+    HATCHET_CLIENT_HOST_PORT, else from the token, as the SDK finds it)."""
+    url = urlsplit(server)
+    found = [("the engine's API", url.hostname or "", url.port or (443 if url.scheme == "https" else 80))]
+    grpc = environ.get("HATCHET_CLIENT_HOST_PORT") or token_claims(environ.get("HATCHET_CLIENT_TOKEN", "")).get(
+        "grpc_broadcast_address", "")
+    host, _, port = grpc.rpartition(":")
+    if host and port.isdigit():
+        found.append(("its gRPC endpoint", host.strip("[]"), int(port)))
+    return found
+
+
+def unreachable_engine(server: str, environ: dict) -> CheckFailed | None:
+    """A verdict when the engine cannot be used at all (no token, nothing listening), else None."""
+    revisit = ("Nothing in your workflow: `lab check 09 --server URL` needs a Hatchet engine you run (the README's "
+               "\"A real server\": hatchet-lite) and its token in HATCHET_CLIENT_TOKEN. Without one, run "
+               "`lab check 09` (mock_run).")
+    if not environ.get("HATCHET_CLIENT_TOKEN"):
+        return failed(f"Cannot use the Hatchet engine at {server}: HATCHET_CLIENT_TOKEN is not set",
+                      observed="no HATCHET_CLIENT_TOKEN in the environment of `lab check`",
+                      expected="the API token the engine gave you (hatchet-lite: `hatchet-admin token create`)",
+                      revisit=revisit)
+    for what, host, port in engine_addresses(server, environ):
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as err:
+            return failed(f"Cannot reach the Hatchet engine at {server}: nothing answers at {host}:{port} "
+                          f"({what})",
+                          observed=f"a TCP connection to {host}:{port} failed: {type(err).__name__}: {err}",
+                          expected=f"a Hatchet engine listening there (the REST API at {server}, gRPC at the "
+                                   f"token's grpc_broadcast_address or HATCHET_CLIENT_HOST_PORT)",
+                          revisit=revisit)
+    return None
+
+
+def server_env(env: dict, server: str, key: str) -> dict:
+    """The worker's and the driver's environment: the user's Hatchet settings, a namespace of the check's
+    own (its workflow and worker cannot meet the user's), the engine's API at the --server URL."""
+    found = dict(env)
+    found.update({k: v for k, v in os.environ.items() if k.startswith("HATCHET_CLIENT_")})
+    found.update(HATCHET_CLIENT_SERVER_URL=server, HATCHET_CLIENT_NAMESPACE=f"lab09check{key}",
+                 LAB09_WORKER_NAME=f"lab09-check-{key}", LAB09_WORKER_SLOTS="8")
+    return found
+
+
+def named(display_name, task: str) -> bool:
+    return (display_name or "").split(":")[-1] == task
+
+
+def status_of(value) -> str:
+    return str(value or "").split(".")[-1].upper()
+
+
+def attempts_from_engine(doc: Doc, record: dict, order: list[str], keys: dict) -> Run:
+    """The document's run as the engine recorded it: one Attempt per FAILED or FINISHED task event, in
+    order; the store attempt after the first that finished is the replay. Each attempt gets a key of its
+    own in place of a pid (keys: (workflow run, task, retry_count) -> key)."""
+    run = Run(doc)
+    details = record.get("details") or {}
+    run_id = record.get("workflow_run_id", "")
+    summaries = {t: s for t in order for s in details.get("tasks", []) if named(s.get("display_name"), t)}
+    events = sorted(details.get("task_events", []), key=lambda e: (e.get("timestamp") or "", e.get("id") or 0))
+    for task in order:
+        seen = [e for e in events if named(e.get("task_display_name"), task)
+                and status_of(e.get("event_type")) in ("FAILED", "FINISHED")]
+        for index, event in enumerate(seen):
+            retry_count = event.get("retry_count")
+            retry_count = index if retry_count is None else retry_count
+            replay = task == "store" and any(a.ok for a in run.of("store"))
+            key = len(keys) + 1
+            if not replay:
+                keys[(run_id, task, retry_count)] = key
+            ok = status_of(event.get("event_type")) == "FINISHED"
+            output = None
+            if ok:
+                output = (summaries.get(task) or {}).get("output")
+                if event.get("output"):
+                    try:
+                        output = json.loads(event["output"])
+                    except (TypeError, ValueError):
+                        pass
+            error = None if ok else (event.get("error_message") or event.get("message") or "failed")
+            attempt = Attempt(doc=doc.role, doc_id=doc.doc_id, task=task, retry_count=retry_count, pid=key,
+                              exit_code=None, ok=ok, output=output, error=error,
+                              status_code=429 if error and "429" in error else None,
+                              where=f"workflow run {run_id[:13]}" + (", replayed" if replay else ""))
+            if replay:
+                run.replayed_store = attempt
+            else:
+                run.attempts.append(attempt)
+                if ok:
+                    run.outputs[task] = output
+        if task not in run.outputs:
+            if run.of(task):
+                run.failed_task = task
+            break
+    return run
+
+
+def tie_ledger_to_attempts(ledger: list, keys: dict) -> None:
+    """On a server every attempt runs in the worker's one process: replace each request's pid by the key of
+    the attempt its X-Lab-Origin names (None when it names none: sent outside any task attempt)."""
+    for entry in ledger:
+        origin = dict(entry.origin or {})
+        task = origin.get("hatchet") or {}
+        name = (task.get("task") or "").split(":")[-1]
+        origin["pid"] = keys.get((task.get("workflow_run_id"), name, task.get("retry_count")))
+        entry.origin = origin
+
+
+def run_on_server(found: Scenario, docs: list[Doc], lab_target, env: dict, workdir: Path) -> None:
+    """Start the student's worker and the course's driver against the engine, then read what it recorded."""
+    key = uuid.uuid4().hex[:8]
+    env = server_env(env, SERVER, key)
+    (workdir / "docs.json").write_text(json.dumps([d.input() for d in docs]))
+    worker = proc.start([sys.executable, "-m", lab_target.module("worker")], name="lab09-worker",
+                        log_path=workdir / "worker.log", env=env, cwd=workdir, student=True)
+    plain = next(d for d in docs if d.role == "plain")
+    driver = proc.start([sys.executable, "-m", lab_target.module("server_run"), "docs.json", "server.json",
+                         plain.doc_id], name="lab09-server-run", log_path=workdir / "server_run.log", env=env,
+                        cwd=workdir, student=True)
+    try:
+        deadline = time.monotonic() + SERVER_RUN_HANG_S
+        while driver.alive and worker.alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if driver.alive:
+            what = (f"the worker exited (status {worker.returncode})" if not worker.alive
+                    else f"the runs had not ended after {SERVER_RUN_HANG_S:.0f} s")
+            raise failed(f"The documents' runs on the Hatchet engine at {SERVER} did not end: {what}",
+                         observed=student_error(worker.output()) or tail(worker.output(), 5) or what,
+                         expected="the worker (worker.py) stays connected and every run completes or fails",
+                         revisit="Run `python -m lab09_hatchet_pipeline.worker` with your token to see it start.",
+                         details=tail(worker.output(), 12))
+    finally:
+        driver.stop()
+        worker.stop()
+    try:
+        result = json.loads((workdir / "server.json").read_text())
+    except (OSError, ValueError):
+        log = driver.output()
+        raise unfinished(log + worker.output(), LAB) or failed(
+            f"The course's driver could not run the documents on the Hatchet engine at {SERVER}: "
+            f"{student_error(log) or tail(log, 2) or 'no output'}",
+            observed=tail(log, 5), expected="every document triggered and its run details written",
+            revisit="Check the token and the addresses (HATCHET_CLIENT_TOKEN, HATCHET_CLIENT_HOST_PORT); run "
+                    "worker.py and trigger.py by hand (the README's \"A real server\").",
+            details=tail(worker.output(), 12)) from None
+    keys: dict = {}
+    for doc in docs:
+        record = result.get("runs", {}).get(doc.doc_id) or {}
+        found.runs[doc.role] = attempts_from_engine(doc, record, found.order, keys)
+        for attempt in found.runs[doc.role].attempts:
+            attempt.log = worker.output()
+    found.attempt_keys = keys
+
+
 @pytest.fixture(scope="module")
 def course_llm(tmp_path_factory):
     llm = CourseLLM(tmp_path_factory.mktemp("lab09-llm"), rules_files=[course.COURSE_TOML])
@@ -439,9 +632,12 @@ def scenario(course_llm, lab_target, tmp_path_factory) -> Scenario:
     env = lab_target.python_env(OPENAI_BASE_URL=course_llm.base_url, OPENAI_API_KEY=key,
                                 DATABASE_URL=f"sqlite:///{database}", LAB09_MAX_RUNS_PER_PROVIDER=str(found.max_runs),
                                 LAB09_EMBED_DIMS=str(found.dims), LAB_SERVER_URL="")
-    env.pop("HATCHET_CLIENT_TOKEN", None)
-    forks = prefork.ForkServer(workdir, PRELOAD, env=env) if prefork.enabled() else None
+    env.pop("HATCHET_CLIENT_TOKEN", None)  # describe and mock_run run offline, whatever the user has set
+    unreachable = unreachable_engine(SERVER, os.environ) if SERVER else None  # before anything is started
+    forks = prefork.ForkServer(workdir, PRELOAD, env=env) if prefork.enabled() and not unreachable else None
     try:
+        if unreachable:
+            raise unreachable
         if forks:
             forks.launch()
             try:
@@ -474,7 +670,9 @@ def scenario(course_llm, lab_target, tmp_path_factory) -> Scenario:
         else:  # run the declared tasks anyway: a starter's TODO is found this way
             found.order = list(found.tasks)
         found.dag_failure = dag_failure(found.tasks)
-        if found.order and found.dag_failure is None:
+        if found.order and found.dag_failure is None and SERVER:
+            run_on_server(found, docs, lab_target, env, workdir)
+        elif found.order and found.dag_failure is None:
             for doc in docs:
                 found.runs[doc.role] = engine.run(doc, found)
             plain = found.runs["plain"]
@@ -487,6 +685,8 @@ def scenario(course_llm, lab_target, tmp_path_factory) -> Scenario:
             if todo:
                 raise todo
         found.ledger = [e for e in course_llm.ledger().entries(caller=key)]
+        if found.attempt_keys is not None:
+            tie_ledger_to_attempts(found.ledger, found.attempt_keys)
         found.rows, found.rows_error = read_rows(database)
     except CheckFailed as failure:
         found.failure = failure
@@ -559,9 +759,7 @@ def test_the_workflow_declares_the_four_tasks_as_a_dag(scenario, evidence):
     then it declares extract, embed, classify and store with parents=[...] so that each runs after
     the tasks whose output it is built from (extract -> embed -> classify -> store)."""
     scenario.require(owner=True)
-    evidence["engine"] = "hatchet-sdk mock_run, not a server"
-    if os.environ.get("LAB_SERVER_URL"):  # `lab check 09 --server URL`: not supported by this lab yet
-        evidence["server"] = "ignored (Lab 09 grades on mock_run only; see its README)"
+    evidence["engine"] = ENGINE if SERVER else "hatchet-sdk mock_run, not a server"
     if scenario.dag_failure is not None:
         raise scenario.dag_failure
     evidence["order"] = "->".join(scenario.order)
@@ -575,7 +773,7 @@ def test_each_task_is_built_from_its_parents_outputs(scenario, evidence):
     three outputs: each task's input is its parents' output, read back by content (on the documents
     without faults; the retried ones are the retry checks')."""
     scenario.require_dag()
-    evidence["engine"] = "mock_run"
+    evidence["engine"] = ENGINE
     for role in ("plain", "twin"):  # the retried and exhausted documents are the retry checks'
         run, doc = scenario.runs[role], scenario.runs[role].doc
         if not run.finished:
@@ -641,7 +839,7 @@ def test_a_429_fails_the_attempt_and_hatchet_retries_the_task(scenario, evidence
     retries each task declares, then every attempt made exactly one request (no retry inside the
     client), each 429 failed its attempt, and the attempt after the last 429 returned the label."""
     scenario.require_dag()
-    evidence["engine"] = "mock_run"
+    evidence["engine"] = ENGINE
     for task in LLM_TASKS:
         if scenario.retries(task) < 1:
             raise failed(f"{task} declares no retries: one 429 from a busy provider fails the document",
@@ -704,7 +902,7 @@ def test_a_retried_task_does_not_redo_its_parents_llm_calls(scenario, evidence):
     extract's attempt, and every classify request came from a classify attempt: the retry re-ran
     classify alone and reused extract's recorded output."""
     scenario.require_dag()
-    evidence["engine"] = "mock_run"
+    evidence["engine"] = ENGINE
     unknown = [e for e in scenario.ledger if sender(scenario, e) is None]
     if unknown:
         entry = unknown[0]
@@ -745,7 +943,7 @@ def test_a_429_that_outlasts_the_retries_fails_the_run(scenario, evidence):
     retries are spent, then every attempt raised, the run failed at classify, store never ran and
     no row exists for that document: the failure is visible, not a default label."""
     scenario.require_dag()
-    evidence["engine"] = "mock_run"
+    evidence["engine"] = ENGINE
     run, doc = scenario.runs["exhausted"], scenario.runs["exhausted"].doc
     attempts = run.of("classify")
     if run.failed_task not in (None, "classify"):
@@ -783,7 +981,7 @@ def test_store_run_twice_leaves_one_row_per_document(scenario, evidence):
     row for that document id, with the same content; a second document with the same text but its
     own id has its own row."""
     scenario.require_dag()
-    evidence["engine"] = "mock_run"
+    evidence["engine"] = ENGINE
     plain, twin = scenario.runs["plain"], scenario.runs["twin"]
     if not plain.finished:
         raise NotChecked(f"not checked: the plain document's run did not finish (in {plain.failed_task})")
@@ -870,7 +1068,7 @@ def test_the_workflow_limits_concurrent_runs_per_provider(scenario, evidence):
     the number the environment gave and a strategy that queues rather than cancels."""
     if scenario.registration is None or (scenario.failure and scenario.failure.summary.startswith("Not implemented")):
         scenario.require()  # the declaration is all this check needs: a run that failed later does not block it
-    evidence["engine"] = "mock_run (declaration read, not enforced)"
+    evidence["engine"] = f"{ENGINE} (declaration read, not watched)"
     a, b = random.Random().sample(PROVIDERS, 2)
     docs = ({"doc_id": "doc-a1", "provider": a, "title": "Lease 101", "body": "rent due"},
             {"doc_id": "doc-a2", "provider": a, "title": "Invoice 202", "body": "chairs"},
