@@ -620,12 +620,16 @@ def course_llm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scenario(course_llm, lab_target, tmp_path_factory) -> Scenario:
+    return run_scenario(course_llm, lab_target, tmp_path_factory.mktemp("lab09-run"))
+
+
+def run_scenario(course_llm: CourseLLM, lab_target, workdir: Path) -> Scenario:
+    """The whole scenario (also `lab demo 09`'s): draw the documents and faults, run them, collect."""
     started = time.monotonic()
     found = Scenario()
     rng = random.Random()
     models = course_models()
     key = f"lab-09-{uuid.uuid4().hex[:8]}"
-    workdir = tmp_path_factory.mktemp("lab09-run")
     found.max_runs, found.other_max_runs = rng.sample(range(2, 9), 2)
     found.dims = rng.choice((8, 12, 20, 24))
     database = workdir / "pipeline.sqlite"

@@ -96,3 +96,41 @@ def test_demo_keep_waits_for_enter_then_stops(monkeypatch):
     assert demo.run(console, ui=False, keep=True) == 0
     assert len(asked) == 1 and {p.name for p in asked[0]} == {"temporal", "course-llm"}
     assert not proc.live()
+
+
+def load_demo_09():
+    path = course.REPO / "checks" / "demo_lab09_hatchet_pipeline.py"
+    spec = importlib.util.spec_from_file_location("demo_lab09_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(HANG_LIMIT_S)
+def test_demo_09_shows_the_retry_of_the_failing_task_only_and_the_idempotent_store():
+    """`lab demo 09`: on the reference solution, classify (and only classify) runs again after each 429
+    while extract's LLM call was made once; store run twice leaves one row; the demo says plainly that it
+    runs on the SDK's in-process mock, not on an engine; and it leaves no process behind."""
+    demo = load_demo_09()
+    before, managed = descendants(), set(map(id, proc.live()))
+    out = Tee()
+    status = demo.run(Console(file=out, width=240, color_system=None), ui=False, keep=False)
+    text = out.getvalue()
+
+    assert status == 0, text
+    assert "not on a Hatchet engine" in text and "Task.mock_run" in text
+    steps = [r"extract -> embed -> classify -> store", r"classify  retry_count 0: raised RateLimitError.*429",
+             r"classify  retry_count \d: returned .*'label'", r"only classify ran again \(\d attempts\); extract's "
+             r"LLM call was made 1 time", r"second run: .*'created': False", r"rows for doc-\w+ in the table: 1",
+             r"the run failed at classify, store ran 0 times, 0 rows", r"as the lab says"]
+    position = 0
+    for step in steps:
+        found = re.compile(step).search(text, position)
+        assert found, f"missing, or out of order: {step!r}\n{text}"
+        position = found.end()
+    assert not [p for p in proc.live() if id(p) not in managed], f"the demo left managed processes: {proc.live()}"
+    deadline = time.monotonic() + 60  # a wait for the state (all gone), not a budget
+    while descendants() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = descendants() - before
+    assert not left, f"the demo left processes: {[psutil.Process(p).cmdline() for p in left]}"
