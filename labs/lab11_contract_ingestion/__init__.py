@@ -1,0 +1,1 @@
+"""Lab 11: the contract-ingestion pipeline as choreography (given) and as one Temporal workflow."""
