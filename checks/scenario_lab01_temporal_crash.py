@@ -1,6 +1,13 @@
-"""Lab 01 crash sweep: AnalyzeWorkflow runs survive a worker SIGKILLed at random moments.
+"""Lab 01's scenario: AnalyzeWorkflow runs survive a worker SIGKILLed at random moments.
 
-Per trial: a fresh task queue, LLM key and SQLite file; one worker (forked from a warm
+The check (checks/test_lab01_temporal_crash.py) and the sweep (`lab sweep 01`, bench/crash_sweep.py)
+share this module: how a run is started (its input), how the `analysis` rows and a run's LLM
+requests are read, and the invariants both prove (one row per run, its id the result; call_llm,
+parse_json and save_to_db each completed once, in order; no LLM request outside a run). The check
+kills one worker at one chosen moment (parse_json's retry backoff) and teaches from what it sees;
+the sweep below (`Sweep`) kills at many seeded random moments and audits the same invariants.
+
+Sweep, per trial: a fresh task queue, LLM key and SQLite file; one worker (forked from a warm
 interpreter, like the Lab 05 check's); `subjects` AnalyzeWorkflow runs started `start_gap_s`
 apart, so the kills find them in different places (the LLM call, parse_json's deliberate
 first-attempt failure and its 2 s backoff, save_to_db, between workflow tasks).
@@ -15,25 +22,82 @@ call_llm, parse_json and save_to_db each completed once; no LLM call outside a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Iterable, Sequence
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 
-from labkit import course, prefork
+from labkit import course, prefork, temporal
+from labkit.llm import LedgerEntry
 from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
 from labkit.sweep_kit import graded_copy, with_latency
-from labkit.sweep_temporal import (STARTED, WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, completed_activities,
-                                   release_dead_worker, results_of)
+from labkit.sweep_temporal import STARTED, WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, release_dead_worker, results_of
 
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "sqlmodel", "pydantic"]
-ACTIVITIES = ["call_llm", "parse_json", "save_to_db"]
-MAX_ATTEMPTS = 3  # the lab's RetryPolicy(maximum_attempts=3), which its check requires
+ACTIVITIES = ["call_llm", "parse_json", "save_to_db"]  # what AnalyzeWorkflow schedules, in this order
+EXPECTED_RETRY = {"maximum_attempts": 3, "initial_interval_s": 2.0, "backoff_coefficient": 2.0}  # every activity's
+MAX_ATTEMPTS = EXPECTED_RETRY["maximum_attempts"]
+Row = tuple  # (id, workflow_id, sentiment, summary, topics): a row of table analysis
+
+
+# --- shared by the check and the sweep -----------------------------------------------------------
+
+def start_input(marker: str) -> dict:
+    """AnalyzeWorkflow's input: a review whose text carries `marker`, so the LLM ledger's requests can be
+    told apart per run (the course LLM's `analysis` rule answers any of them)."""
+    return {"prompt": f"Analyze this customer review {marker}: the parcel came two days late, "
+                      f"but support sorted it out in minutes."}
+
+
+def analysis_rows(db_path: Path, workflow_id: str | None = None) -> list[Row]:
+    """The rows of table analysis (of one workflow id, or all), oldest first; none before the table exists."""
+    if not Path(db_path).exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db_path, timeout=10)) as db:
+        try:
+            if workflow_id is None:
+                return db.execute("SELECT id, workflow_id, sentiment, summary, topics FROM analysis ORDER BY id").fetchall()
+            return db.execute("SELECT id, workflow_id, sentiment, summary, topics FROM analysis "
+                              "WHERE workflow_id = ? ORDER BY id", (workflow_id,)).fetchall()
+        except sqlite3.Error:
+            return []
+
+
+def one_row_saved(rows: Sequence[Row], workflow_id: str, result: object) -> bool:
+    """The invariant on the database: exactly one row for the run, and its id is the run's result."""
+    mine = [row[0] for row in rows if row[1] == workflow_id]
+    return mine == [result]
+
+
+def activity_sequence(history: WorkflowHistory) -> list[tuple[str, str, int]]:
+    """(activity, outcome, attempt) of each activity the run scheduled, in the history's order."""
+    return [(run.name, run.outcome, run.attempt) for run in temporal.activity_runs(history)]
+
+
+def each_activity_completed_once(history: WorkflowHistory) -> bool:
+    """The invariant on the history: call_llm, parse_json and save_to_db, each scheduled once and completed."""
+    return [(name, outcome) for name, outcome, _ in activity_sequence(history)] == [(n, "completed") for n in ACTIVITIES]
+
+
+def requests_of(entries: Iterable[LedgerEntry], marker: str) -> list[LedgerEntry]:
+    """The LLM requests a run's prompt caused (its marker in the prompt)."""
+    return [entry for entry in entries if marker in entry.prompt]
+
+
+def stray_requests(entries: Iterable[LedgerEntry], markers: Iterable[str]) -> list[LedgerEntry]:
+    """The invariant on the LLM: requests that carry no run's text (the LLM asked outside any run)."""
+    markers = list(markers)
+    return [entry for entry in entries if not any(marker in entry.prompt for marker in markers)]
+
+
+# --- the sweep -----------------------------------------------------------------------------------
 
 
 class Sweep(WorkerScenario):
@@ -102,10 +166,8 @@ class Sweep(WorkerScenario):
             if n:
                 await asyncio.sleep(self.start_gap_s)
             await self.gate.wait()
-            prompt = (f"Analyze this customer review {marker}: the parcel came two days late, "
-                      "but support sorted it out in minutes.")
             self.handles[workflow_id] = await self.client.start_workflow(
-                "AnalyzeWorkflow", {"prompt": prompt}, id=workflow_id, task_queue=self.harness.task_queue,
+                "AnalyzeWorkflow", start_input(marker), id=workflow_id, task_queue=self.harness.task_queue,
                 task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def after_kill(self) -> None:
@@ -121,16 +183,16 @@ class Sweep(WorkerScenario):
 
     async def recorded(self) -> set[str]:
         return {f"{workflow_id}/call_llm" for workflow_id, handle in list(self.handles.items())
-                if "call_llm" in await completed_activities(handle)}
+                if ("call_llm", "completed") in {step[:2] for step in activity_sequence(await handle.fetch_history())}}
 
     async def finish(self) -> None:
         self.results = await results_of(self.handles, self.feed, self.finish_timeout_s)
 
     async def logical_calls(self) -> list[LogicalCall]:
         entries = self.llm.ledger().entries(caller=self.harness.api_key)
-        self.strays = [e for e in entries if not any(marker in e.prompt for marker in self.plan.values())]
+        self.strays = stray_requests(entries, self.plan.values())
         return [LogicalCall(key=f"{workflow_id}/call_llm", subject=workflow_id, successor=None,
-                            entries=[(e.at, e.status) for e in entries if marker in e.prompt])
+                            entries=[(e.at, e.status) for e in requests_of(entries, marker)])
                 for workflow_id, marker in self.plan.items()]
 
     async def verify(self, trial: int) -> list[Violation]:
@@ -145,16 +207,17 @@ class Sweep(WorkerScenario):
                 found.append(Violation(trial, workflow_id, "workflow lost", f"{type(result).__name__}: {result}",
                                        "AnalyzeWorkflow COMPLETED, returning its row id"))
                 continue
-            mine = [row_id for row_id, owner in rows if owner == workflow_id]
-            if mine != [result]:
+            if not one_row_saved(rows, workflow_id, result):
                 found.append(Violation(trial, workflow_id, "not exactly one database row for the run",
-                                       f"rows {mine} in table analysis, workflow result {result}",
-                                       f"exactly one row, id {result}"))
-            runs = await completed_activities(self.handles[workflow_id])
-            if runs != set(ACTIVITIES):
+                                       f"rows {[row[0] for row in rows if row[1] == workflow_id]} in table analysis, "
+                                       f"workflow result {result}", f"exactly one row, id {result}"))
+            history = await self.handles[workflow_id].fetch_history()
+            if not each_activity_completed_once(history):
                 found.append(Violation(trial, workflow_id, "activities not each completed once in history",
-                                       f"completed: {sorted(runs)}", f"completed: {ACTIVITIES}"))
-        strangers = [(row_id, owner) for row_id, owner in rows if owner not in self.plan]
+                                       ", ".join(f"{name} ({outcome}, attempt {attempt})"
+                                                 for name, outcome, attempt in activity_sequence(history)),
+                                       ", ".join(f"{name} (completed)" for name in ACTIVITIES)))
+        strangers = [row[:2] for row in rows if row[1] not in self.plan]
         if strangers:
             found.append(Violation(trial, "table analysis", "rows for no workflow of the trial",
                                    f"{strangers}", "one row per workflow of the trial, nothing else"))
@@ -164,14 +227,8 @@ class Sweep(WorkerScenario):
                                    "every request carries the prompt of one of the trial's workflows"))
         return found
 
-    def _rows(self) -> list[tuple[int, str]]:
-        if not self.db_path.exists():
-            return []
-        with sqlite3.connect(self.db_path) as db:
-            try:
-                return db.execute("SELECT id, workflow_id FROM analysis ORDER BY id").fetchall()
-            except sqlite3.Error:
-                return []
+    def _rows(self) -> list[Row]:
+        return analysis_rows(self.db_path)
 
     async def end_trial(self) -> None:
         if self.feed is not None and not self.feed.done():

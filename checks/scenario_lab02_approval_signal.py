@@ -1,6 +1,10 @@
-"""Lab 02 crash sweep: a human decision reaches a workflow whose worker was SIGKILLed, and is applied once.
+"""Lab 02's scenario: a human decision reaches a workflow whose worker was SIGKILLed, and is applied once.
 
-Lab 01's sweep (same activities, same LLM rule, one worker forked from a warm interpreter), with
+Shared with the check (checks/test_lab02_approval_signal.py, one chosen kill at the gate): the run's
+input, the result's fields, the invariant on the rows after a decision (and, from Lab 01's scenario,
+reading the rows and a run's LLM requests). The sweep (`Sweep`, `lab sweep 02`) kills at random moments.
+
+Sweep: Lab 01's sweep (same activities, same LLM rule, one worker forked from a warm interpreter), with
 the gate: each AnalyzeWorkflow run waits after parse_json for a reviewer. The sweep is the
 reviewer, and decides each run one of four ways (by its index), always followed by a
 contradicting second decision from someone else, which the run must ignore:
@@ -36,12 +40,39 @@ from labkit.sweep_temporal import WORKFLOW_TASK_TIMEOUT, completed_activities, l
 
 import scenario_lab01_temporal_crash as lab01  # this lab's sweep is Lab 01's with the gate
 
-APPROVAL_TIMEOUT_S = 600
+APPROVAL_TIMEOUT_S = 600  # the sweep's runs must not expire (expiry is the check's case)
 # index % 4: (decision, how, when) of the first decision; the second always contradicts it
 PLANS = [("approve", "signal", "dead"), ("reject", "signal", "dead"), ("approve", "update", "live"),
          ("reject", "signal", "live")]
 OTHER = {"approve": "reject", "reject": "approve"}
 STATUS = {"approve": "approved", "reject": "rejected"}
+
+
+# --- shared by the check and the sweep -----------------------------------------------------------
+
+def start_input(marker: str, approval_timeout_s: float | None = None) -> dict:
+    """AnalyzeWorkflow's input: Lab 01's review with `marker`, and the approval timeout when one is given
+    (else the lab's default)."""
+    request = lab01.start_input(marker)
+    if approval_timeout_s is not None:
+        request["approval_timeout_seconds"] = approval_timeout_s
+    return request
+
+
+def result_field(result: object, name: str):
+    """A field of AnalyzeResult as the client got it back (a dict without a result type, else the object)."""
+    return result.get(name) if isinstance(result, dict) else getattr(result, name, None)
+
+
+def rows_as_decided(rows, workflow_id: str, decision: str, row_id: object) -> bool:
+    """The invariant on the database after a decision: an approved run saved exactly one row, whose id is
+    the result's row_id; a rejected one saved none."""
+    if decision == "approve":
+        return row_id is not None and lab01.one_row_saved(rows, workflow_id, row_id)
+    return not [row for row in rows if row[1] == workflow_id]
+
+
+# --- the sweep -----------------------------------------------------------------------------------
 
 
 class Sweep(lab01.Sweep):
@@ -65,10 +96,8 @@ class Sweep(lab01.Sweep):
             if n:
                 await asyncio.sleep(self.start_gap_s)
             await self.gate.wait()
-            prompt = (f"Analyze this customer review {marker}: the parcel came two days late, "
-                      "but support sorted it out in minutes.")
             self.handles[workflow_id] = await self.client.start_workflow(
-                "AnalyzeWorkflow", {"prompt": prompt, "approval_timeout_seconds": APPROVAL_TIMEOUT_S},
+                "AnalyzeWorkflow", start_input(marker, APPROVAL_TIMEOUT_S),
                 id=workflow_id, task_queue=self.harness.task_queue, task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def _at_gate(self, workflow_id: str) -> bool:
@@ -145,8 +174,7 @@ class Sweep(lab01.Sweep):
             decision = self.decisions[workflow_id][0]
             result = self.results.get(workflow_id, "never started")
             expected = f"AnalyzeWorkflow COMPLETED: status {STATUS[decision]!r}, reviewer 'reviewer-1' (the first decision)"
-            status = getattr(result, "status", None) if not isinstance(result, dict) else result.get("status")
-            reviewer = getattr(result, "reviewer", None) if not isinstance(result, dict) else result.get("reviewer")
+            status, reviewer = result_field(result, "status"), result_field(result, "reviewer")
             if status is None and isinstance(result, WorkflowFailureError) and self.spent_by_kills(workflow_id):
                 self.counts[f"runs failed: every {self.spent_by_kills(workflow_id)} attempt killed"] += 1
                 continue
@@ -156,10 +184,9 @@ class Sweep(lab01.Sweep):
             if (status, reviewer) != (STATUS[decision], "reviewer-1"):
                 found.append(Violation(trial, workflow_id, "the decision not applied exactly once (first wins)",
                                        f"status {status!r}, reviewer {reviewer!r}", expected))
-            row_id = result.get("row_id") if isinstance(result, dict) else getattr(result, "row_id", None)
-            mine = [rid for rid, owner in rows if owner == workflow_id]
-            want_rows = [row_id] if decision == "approve" else []
-            if mine != want_rows or (decision == "approve" and row_id is None):
+            row_id = result_field(result, "row_id")
+            mine = [row[0] for row in rows if row[1] == workflow_id]
+            if not rows_as_decided(rows, workflow_id, decision, row_id):
                 found.append(Violation(trial, workflow_id, "not exactly one database row per approved run (none if rejected)",
                                        f"rows {mine} in table analysis, result row_id {row_id}",
                                        "exactly one row, id = the result's row_id" if decision == "approve"
@@ -169,7 +196,7 @@ class Sweep(lab01.Sweep):
             if runs != want:
                 found.append(Violation(trial, workflow_id, "activities not each completed once in history",
                                        f"completed: {sorted(runs)}", f"completed: {sorted(want)}"))
-        strangers = [(row_id, owner) for row_id, owner in rows if owner not in self.plan]
+        strangers = [row[:2] for row in rows if row[1] not in self.plan]
         if strangers:
             found.append(Violation(trial, "table analysis", "rows for no workflow of the trial",
                                    f"{strangers}", "one row per approved workflow of the trial, nothing else"))

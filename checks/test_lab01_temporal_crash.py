@@ -15,6 +15,10 @@ Scenario, run once for the module against a fresh Temporal dev server and course
 The LLM's analysis differs per run (random within the contract), so a saved row is compared with
 what the LLM really answered.
 
+The scenario's shared parts (the run's input, reading the rows and a run's LLM requests, the
+invariants on rows, history and ledger) live in checks/scenario_lab01_temporal_crash.py, which the
+crash sweep (`lab sweep 01`) runs at many random moments; this check is its one chosen kill.
+
 Timing: nothing here waits for a fixed time. Each wait ends on a state (a history event, a pending
 activity's attempt, a line of the attempt record), and fails on a state (a workflow task failure, an
 attempt that timed out on the server). PATIENCE_S only stops a run that stopped moving altogether;
@@ -50,11 +54,13 @@ from labkit.feedback import CheckFailed, NotChecked, tail, unfinished
 from labkit.harness import BENIGN_TASK_FAILURES, WorkerHarness
 from labkit.llm import LedgerEntry
 
+from scenario_lab01_temporal_crash import (ACTIVITIES, EXPECTED_RETRY, activity_sequence, analysis_rows,
+                                           each_activity_completed_once, one_row_saved, requests_of, start_input)
+
 LAB = "01"
-BACKOFF_S = 2.0  # the lab's initial_interval: the time the retry must wait
+BACKOFF_S = EXPECTED_RETRY["initial_interval_s"]  # the lab's initial_interval: the time the retry must wait
 PATIENCE_S = 60.0  # hang guard: a run whose history and pending attempts did not change for this long
 ROUNDS = 3  # runs A tried, at most, to land the kill inside the 2 s backoff
-EXPECTED_RETRY = {"maximum_attempts": 3, "initial_interval_s": 2.0, "backoff_coefficient": 2.0}
 
 EXPECTED_WORKFLOW = "AnalyzeWorkflow.run schedules call_llm, parse_json and save_to_db in turn"
 REVISIT_ACTIVITIES = ("§64.2.1 workflows and activities: every call with a side effect (the LLM, "
@@ -188,12 +194,7 @@ class Harness(WorkerHarness):
                        (row_id, workflow_id))
 
     def rows(self, workflow_id: str) -> list[tuple]:
-        with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as db:
-            try:
-                return db.execute("SELECT id, workflow_id, sentiment, summary, topics FROM analysis "
-                                  "WHERE workflow_id = ?", (workflow_id,)).fetchall()
-            except sqlite3.Error:
-                return []
+        return analysis_rows(self.db_path, workflow_id)
 
     async def workflow_task_failure(self, handle: WorkflowHandle, expected: str,
                                     history: WorkflowHistory | None = None) -> CheckFailed | None:
@@ -419,11 +420,6 @@ def root_cause(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def start_input(marker: str) -> dict:
-    return {"prompt": f"Analyze this customer review {marker}: the parcel came two days late, "
-                      f"but support sorted it out in minutes."}
-
-
 def new_run(label: str, key: str, rng: random.Random) -> Run:
     tag = f"{label.lower()}-{key}"
     return Run(label, f"analyze-{tag}", f"[run {tag}]", random_analysis(rng))
@@ -485,7 +481,7 @@ async def run_scenario(harness: Harness, scenario: Scenario, key: str, rng: rand
     scenario.attempts = harness.attempts()
     for run in (a, b):
         run.history = await run.handle.fetch_history()
-        run.llm_requests = [e for e in ledger if run.marker in e.prompt]
+        run.llm_requests = requests_of(ledger, run.marker)
         run.rows = harness.rows(run.workflow_id)
     worker2.signal_tree(signal.SIGINT)  # shuts down gracefully while the replay runs
     scenario.replay = await asyncio.to_thread(replay.verdict, a.history, PATIENCE_S)
@@ -645,13 +641,13 @@ def test_each_activity_completed_once(scenario, evidence):
     in that order, with parse_json on attempt 2: only attempt 1 fails on purpose."""
     scenario.require()
     runs = temporal.activity_runs(scenario.a.history)
-    names = [r.name for r in runs]
     evidence["activities"] = ",".join(f"{r.name}@{r.attempt}" for r in runs)
-    if names != ["call_llm", "parse_json", "save_to_db"] or any(r.outcome != "completed" for r in runs):
+    if not each_activity_completed_once(scenario.a.history):
         raise CheckFailed(
             "The activities in the history are not call_llm → parse_json → save_to_db, each completed once",
-            observed=", ".join(f"{r.name} ({r.outcome}, attempt {r.attempt})" for r in runs) or "no activities",
-            expected="call_llm (completed), parse_json (completed), save_to_db (completed)",
+            observed=", ".join(f"{name} ({outcome}, attempt {attempt})"
+                               for name, outcome, attempt in activity_sequence(scenario.a.history)) or "no activities",
+            expected=", ".join(f"{name} (completed)" for name in ACTIVITIES),
             revisit="AnalyzeWorkflow awaits the three activities one after the other, each once. "
                     + REVISIT_ACTIVITIES)
     if runs[0].attempt != 1:
@@ -711,7 +707,7 @@ def test_exactly_one_row_per_workflow(scenario, evidence):
     scenario.require()
     a, b = scenario.a, scenario.b
     evidence["rows"] = len(a.rows)
-    if len(a.rows) != 1 or a.rows[0][0] != a.result:
+    if not one_row_saved(a.rows, a.workflow_id, a.result):
         raise CheckFailed(
             f"Run A left {len(a.rows)} row(s) for its workflow id" if len(a.rows) != 1 else
             "Run A's result is not the id of the row it saved",

@@ -413,8 +413,9 @@ async def run_trial(scenario: Scenario, trial: int, delays: list[float], log=pri
             for name, (what, entries) in (await scenario.ledgers()).items():
                 others[name] = audit_calls(trial, kills, entries, origin=trial_start, what=what)
                 every_call += entries
-        violations = [*audit.violations, *(v for other in others.values() for v in other.violations),
-                      *await scenario.verify(trial)]
+        # the end state first (a run lost, a row doubled): it says more than the ledgers' counts that follow
+        violations = [*await scenario.verify(trial), *audit.violations,
+                      *(v for other in others.values() for v in other.violations)]
     finally:
         gate.set()
         await scenario.end_trial()

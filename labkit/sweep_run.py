@@ -32,6 +32,7 @@ from .sweep import NoScenario, Report, TrialSummary, load_scenario, run_sweep, s
 
 PER_TRIAL_LIMIT_S = 300.0  # a hang guard, far above a trial's 10-40 s (minutes at a quarter core)
 START_LIMIT_S = 180.0  # the servers and the graded copy, once
+SHOWN_PER_TRIAL = 4  # violations printed per trial (the count says how many more)
 SERVERS_OF_THE_CHECK = ("TEMPORAL_ADDRESS", "DATABASE_URL")  # the student's own servers: never the sweep's
 
 
@@ -75,7 +76,10 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
     which = f"trial {trial} only" if trial is not None else f"{trials} trial(s)"
     console.print(f"crash-testing lab {lab.id} ({lab.title}) on {shown(target)}: seed {seed}, {which} x {kills} "
                   "SIGKILL(s) at random moments … a trial takes 10-40 s", markup=False)
-    console.print(f"servers: the sweep's own ({', '.join(lab.services)}; free ports, stopped after); "
+    from .cli import SERVICE_NAMES
+
+    console.print(f"servers: the sweep's own ({', '.join(SERVICE_NAMES.get(s, s) for s in lab.services)}; "
+                  "free ports, stopped after); "
                   f"scenario: {shown(scenario_path(lab))}; same moments again: {same}", style="dim", markup=False)
     note = lab.ignored_edits_note(target)
     if note:
@@ -163,8 +167,10 @@ def print_report(console: Console, lab: course.Lab, report: Report, *, folder: s
                           + f"; it found: {', '.join(kill.landed) or '-'}"
                           + (f"; caught in flight: {', '.join(sorted(kill.in_flight))}" if kill.in_flight else ""),
                           markup=False)
-        for violation in found:
+        for violation in found[:SHOWN_PER_TRIAL]:
             console.print("  " + violation.line().replace("\n", "\n  "), markup=False)
+        if len(found) > SHOWN_PER_TRIAL:
+            console.print(f"  … and {len(found) - SHOWN_PER_TRIAL} more violation(s) in this trial", markup=False)
         console.print("  re-run this trial alone: " + rerun_command(
             lab, seed=report.seed, kills=report.kills_per_trial, trial=index + 1, folder=folder, solution=solution,
             subjects=subjects), markup=False)
