@@ -39,6 +39,54 @@ from labkit.sweep_kit import graded_copy
 SERVICE = "ChatSession"
 
 
+# --- what the check and the sweep share ------------------------------------------------------------
+
+def script_rule(name: str, marker: str, reply: str, post: dict[str, str] | None = None,
+                latency_ms: int = 0) -> dict:
+    """The course LLM's script for a question carrying `marker`: model -> post_message -> model
+    (or a plain reply when there is no post), each turn answered `latency_ms` late."""
+    rule: dict = {"name": name, "match": rf"\[lab07 chat\] .*{marker}"}
+    if post:
+        rule["turns"] = [{"tool": "post_message", "arguments": post}, {"reply": reply}]
+    else:
+        rule["reply"] = reply
+    if latency_ms:
+        rule["latency_ms"] = latency_ms
+    return rule
+
+
+def start_service(target, llm, sink, token: str, port: int, host: Path, log_path: Path,
+                  tool_timeout_s: float) -> proc.ManagedProcess:
+    """The student's service as a real process on a host of its own (fresh cwd, TMPDIR, HOME), on
+    `port`, bound by the course and handed over (the service may not bind: Landlock), under
+    labkit.attribution (student=True) so each ledger entry names its pid."""
+    for sub in ("tmp", "home"):
+        (host / sub).mkdir(parents=True, exist_ok=True)
+    sock = restate.listening_socket(port)
+    try:
+        env = target.python_env(
+            OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY=token, LAB07_NOTIFY_URL=sink.messages_url,
+            LAB07_NOTIFY_TOKEN=token, LAB07_BIND=f"fd://{sock.fileno()}", LAB07_TOOL_TIMEOUT_S=str(tool_timeout_s),
+            TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
+        return proc.start([sys.executable, "-m", target.module("service")], name="lab07-service",
+                          log_path=log_path, env=env, cwd=host, student=True, pass_fds=[sock.fileno()])
+    finally:
+        sock.close()  # the service holds its own copy: a dead service's port must refuse, not queue
+
+
+def conversation_lacks(stored, marker: str, reply: str) -> list[str]:
+    """What a session's stored conversation should hold after an ask that posted and is missing:
+    the question (its marker), the post's result (the tool's "posted to ..."), the final reply."""
+    text = json.dumps(stored) if stored is not None else ""
+    return [what for what, piece in (("the question", marker), ("the final reply", reply),
+                                     ("the post's result", "posted to")) if piece not in text]
+
+
+def run_steps(journal: list[dict]) -> list[str | None]:
+    """The names of an invocation's ctx.run steps, in journal order (sys_journal's "Command: Run")."""
+    return [entry.get("name") for entry in journal if entry["entry_type"] == "Command: Run"]
+
+
 class Sweep:
     lab = "07"
 
@@ -73,20 +121,9 @@ class Sweep:
             server.stop()
 
     def _start_service(self) -> proc.ManagedProcess:
-        host = self.trial_dir / f"host{len(self.services) + 1}"
-        for sub in ("tmp", "home"):
-            (host / sub).mkdir(parents=True, exist_ok=True)
-        sock = restate.listening_socket(self.port)
-        try:
-            env = self.target.python_env(
-                OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=self.token, LAB07_NOTIFY_URL=self.sink.messages_url,
-                LAB07_NOTIFY_TOKEN=self.token, LAB07_BIND=f"fd://{sock.fileno()}", LAB07_TOOL_TIMEOUT_S="120",
-                TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
-            service = proc.start([sys.executable, "-m", self.target.module("service")], name="lab07-service",
-                                 log_path=self.trial_dir / f"service{len(self.services) + 1}.log", env=env, cwd=host,
-                                 student=True, pass_fds=[sock.fileno()])
-        finally:
-            sock.close()
+        n = len(self.services) + 1
+        service = start_service(self.target, self.llm, self.sink, self.token, self.port, self.trial_dir / f"host{n}",
+                                self.trial_dir / f"service{n}.log", tool_timeout_s=120)
         self.services.append(service)
         return service
 
@@ -99,10 +136,9 @@ class Sweep:
         self.token = f"lab-sweep07-{key}"
         self.markers = {f"s{i}-{key}": uuid.uuid4().hex[:8] for i in range(self.subjects)}  # session: marker
         self.replies = {session: f"Handled ({marker})." for session, marker in self.markers.items()}
-        self.llm.push_rules([{
-            "name": f"sweep07-{marker}", "match": rf"\[lab07 chat\] .*{marker}", "latency_ms": self.latency_ms,
-            "turns": [{"tool": "post_message", "arguments": {"channel": "#support", "text": f"help {marker}"}},
-                      {"reply": self.replies[session]}]} for session, marker in self.markers.items()])
+        self.llm.push_rules([script_rule(f"sweep07-{marker}", marker, self.replies[session],
+                                         {"channel": "#support", "text": f"help {marker}"}, self.latency_ms)
+                             for session, marker in self.markers.items()])
         self.sink.hold(caller=self.token, times=10_000, release_after_s=self.send_latency_s)
         for service in self.services:
             service.stop()
@@ -154,7 +190,7 @@ class Sweep:
         found: dict[str, list[str]] = {}
         for session, invocation in self.invocations.items():
             entries = [r for r in rows if r["id"] == invocation]
-            runs = [r.get("name") for r in entries if r["entry_type"] == "Command: Run"]
+            runs = run_steps(entries)
             done = sum(r["entry_type"] == "Notification: Run" for r in entries)
             found[session] = runs[:done]  # the loop awaits each step before the next: results in order
         return found
@@ -240,9 +276,9 @@ class Sweep:
             if len(mine) != 1:
                 found.append(Violation(trial, session, "not exactly one delivery", f"{len(mine)} deliveries",
                                        "1 (a retried post carries the same key)"))
-            text = json.dumps(stored.get(session, {}))
-            if marker not in text or self.replies[session] not in text or "posted to" not in text:
-                found.append(Violation(trial, session, "conversation not stored", text[:200],
+            if conversation_lacks(stored.get(session, {}), marker, self.replies[session]):
+                found.append(Violation(trial, session, "conversation not stored",
+                                       json.dumps(stored.get(session, {}))[:200],
                                        "question, post result and reply in the object's state"))
         if self.strays:
             found.append(Violation(trial, "course LLM", "LLM calls from elsewhere",

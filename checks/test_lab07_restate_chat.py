@@ -29,7 +29,6 @@ import contextlib
 import json
 import random
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,10 +41,9 @@ from labkit import proc, restate
 from labkit.feedback import FRAME_LINE, CheckFailed, NotChecked, student_error, tail, unfinished
 from labkit.llm import LedgerEntry
 from labkit.sink import Attempt
+from scenario_lab07_restate_chat import SERVICE, conversation_lacks, run_steps, script_rule, start_service
 
 LAB = "07"
-SERVICE = "ChatSession"
-TAG = "[lab07 chat]"
 HANG_S = 300.0  # a hang guard, never a verdict: every wait ends as soon as its state is there
 HELD_MS = 3_600_000  # the second model call of the crash run: held far beyond anything the run waits for
 pytestmark = pytest.mark.timeout(3 * HANG_S)
@@ -88,14 +86,7 @@ class Ask:
         return self.question.rsplit(" ", 1)[-1]
 
     def rule(self, latency_ms: int = 0) -> dict[str, Any]:
-        rule: dict[str, Any] = {"name": f"lab07-check-{self.marker}", "match": rf"\[lab07 chat\] .*{self.marker}"}
-        if self.post:
-            rule["turns"] = [{"tool": "post_message", "arguments": self.post}, {"reply": self.reply}]
-        else:
-            rule["reply"] = self.reply
-        if latency_ms:
-            rule["latency_ms"] = latency_ms
-        return rule
+        return script_rule(f"lab07-check-{self.marker}", self.marker, self.reply, self.post, latency_ms)
 
 
 def make_asks() -> dict[str, Ask]:
@@ -172,20 +163,9 @@ class Lab07Harness:
         self.processes: list[proc.ManagedProcess] = []
 
     def start_service(self) -> proc.ManagedProcess:
-        host = self.workdir / f"host{len(self.processes) + 1}"
-        for sub in ("tmp", "home"):
-            (host / sub).mkdir(parents=True, exist_ok=True)
-        sock = restate.listening_socket(self.port)
-        try:
-            env = self.target.python_env(
-                OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=self.token, LAB07_NOTIFY_URL=self.sink.messages_url,
-                LAB07_NOTIFY_TOKEN=self.token, LAB07_BIND=f"fd://{sock.fileno()}", LAB07_TOOL_TIMEOUT_S=str(HANG_S),
-                TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
-            service = proc.start([sys.executable, "-m", self.target.module("service")], name="lab07-service",
-                                 log_path=self.workdir / f"service{len(self.processes) + 1}.log", env=env, cwd=host,
-                                 student=True, pass_fds=[sock.fileno()])
-        finally:
-            sock.close()  # the service holds its own copy: a dead service's port must refuse, not queue
+        n = len(self.processes) + 1
+        service = start_service(self.target, self.llm, self.sink, self.token, self.port, self.workdir / f"host{n}",
+                                self.workdir / f"service{n}.log", tool_timeout_s=HANG_S)
         self.processes.append(service)
         return service
 
@@ -483,7 +463,7 @@ def test_restate_journal_and_state_confirm_the_run(scenario: Scenario, evidence)
     scenario.requires("journal-confirms", "crash")
     a1 = scenario.asks["A1"]
     journal = scenario.journals.get("A1", [])
-    runs = [e.get("name") for e in journal if e["entry_type"] == "Command: Run"]
+    runs = run_steps(journal)
     evidence.update(journal_runs=runs)
     if len(runs) != 3 or len(set(runs)) != 3:
         raise CheckFailed("Restate's journal of A1 does not show the three steps as ctx.run entries",
@@ -495,12 +475,10 @@ def test_restate_journal_and_state_confirm_the_run(scenario: Scenario, evidence)
                           observed=f"SELECT ... FROM state: nothing for {SERVICE}/{a1.session}",
                           expected="the conversation, stored with ctx.set (a variable of the process is gone "
                                    "when the process is)", revisit=REVISIT_STATE)
-    text = conversation_text(stored)
-    missing = [what for what, piece in (("the question", a1.marker), ("the final reply", a1.reply),
-                                        ("the post's result", "posted to")) if piece not in text]
+    missing = conversation_lacks(stored, a1.marker, a1.reply)
     if missing:
         raise CheckFailed(f"Session {a1.session}'s stored state lacks {', '.join(missing)}",
-                          observed=f"state: {text[:600]}",
+                          observed=f"state: {conversation_text(stored)[:600]}",
                           expected="the conversation: question, tool call, tool result, reply",
                           revisit=REVISIT_STATE)
 
