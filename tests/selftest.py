@@ -242,7 +242,7 @@ class Variant:
     makes the check wait out its own long timeouts). budget_s: its old name, read the same way
     (a hang limit, not a speed target: no run's duration is asserted).
     sweep_finds: a known-bad variant that passes every check on purpose (the check's one kill cannot
-    see it) and that a crash sweep catches; its README row gives the seed (tests/test_sweep_catches.py)."""
+    see it) and that a crash sweep catches (`lab sweep NN --path ...`); its README row gives the seed."""
 
     name: str
     fails: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

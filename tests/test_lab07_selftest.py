@@ -55,7 +55,7 @@ VARIANTS = [
     }),
     # Passes every check, on purpose: the check's one kill lands after the post was journaled, so no
     # attempt of the post is ever retried there. The crash sweep's kills land on the post itself and
-    # find two deliveries ("why one kill is not a proof", tests/test_sweep_catches.py, labs/ README).
+    # find two deliveries ("why one kill is not a proof": tests/variants/lab07/README.md, the lab's README).
     Variant("uuid_key", changed=("chat.py",), sweep_finds=True),
     Variant("good_helpers"),
     Variant("good_run_api"),
