@@ -18,6 +18,10 @@ Each check below reads its evidence from outside the student's process: the `sta
 Temporal history (signals, updates, timers, activities), the SQLite rows, the LLM ledger (each
 request tied to the activity that sent it), a replay.
 
+The scenario's shared parts (the run's input, the rows, a run's LLM requests, the invariant on the
+rows after a decision) live in checks/scenario_lab02_approval_signal.py and Lab 01's, which the crash
+sweep (`lab sweep 02`) runs at many random moments; this check is its chosen kills and decisions.
+
 Timing: nothing here waits for a fixed time or races the clock. Every wait ends on a state seen
 from outside: a history event, the server's pending workflow task and activities, an update the
 server admitted. A run that waits with nothing running and no timer due is *stuck* (it waits for
@@ -59,6 +63,10 @@ from labkit.feedback import CheckFailed, NotChecked, tail, unfinished
 from labkit.harness import BENIGN_TASK_FAILURES, WorkerHarness
 from labkit.llm import LedgerEntry
 from labkit.replays import ReplaySet, ReplaySetVerdict
+
+from scenario_lab01_temporal_crash import analysis_rows, requests_of
+from scenario_lab02_approval_signal import rows_as_decided
+from scenario_lab02_approval_signal import start_input as analysis_input
 
 LAB = "02"
 DEFAULT_TIMEOUT_S = 24 * 60 * 60  # the lab's default approval timeout
@@ -315,14 +323,7 @@ class Lab02Harness(WorkerHarness):
                                        "reply_json": run.reply} for run in runs])
 
     def rows(self, workflow_id: str) -> list[tuple]:
-        if not self.db_path.exists():
-            return []
-        with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as db:
-            try:
-                return db.execute("SELECT id, workflow_id, sentiment, summary, topics FROM analysis "
-                                  "WHERE workflow_id = ?", (workflow_id,)).fetchall()
-            except sqlite3.Error:  # no table yet: nothing was ever saved
-                return []
+        return analysis_rows(self.db_path, workflow_id)  # none before the table exists: nothing saved yet
 
     @contextlib.contextmanager
     def database_held(self):
@@ -372,11 +373,7 @@ def side_effect_in_workflow(text: str, package: str) -> bool:
 
 
 def start_input(path: Run) -> dict:
-    request: dict[str, Any] = {"prompt": f"Analyze this customer review {path.marker}: the parcel came two "
-                                         f"days late, but support sorted it out in minutes."}
-    if path.timeout_s is not None:
-        request["approval_timeout_seconds"] = path.timeout_s
-    return request
+    return analysis_input(path.marker, path.timeout_s)
 
 
 async def query_status(handle: WorkflowHandle) -> tuple[Any, str | None]:
@@ -682,7 +679,7 @@ async def run_scenario(harness: Lab02Harness, scenario: Scenario) -> None:
         for path in p.values():
             path.history = await path.handle.fetch_history()
             path.rows = harness.rows(path.workflow_id)
-            path.llm_calls = [e for e in ledger if path.marker in e.prompt]
+            path.llm_calls = requests_of(ledger, path.marker)
 
         async def final_status(path: Run) -> None:
             path.final_status, path.final_status_error = await query_status(path.handle)
@@ -875,7 +872,7 @@ def test_one_row_and_one_llm_call(scenario, evidence):
     result = approve.finished()
     evidence.update(rows=len(approve.rows), llm_calls=len(approve.llm_calls))
     row_id = result.get("row_id") if isinstance(result, dict) else None
-    if len(approve.rows) != 1 or approve.rows[0][0] != row_id:
+    if not rows_as_decided(approve.rows, approve.workflow_id, "approve", row_id):
         raise CheckFailed(
             f"The approved run left {len(approve.rows)} row(s)",
             observed=f"rows {[r[:2] for r in approve.rows]}, result row_id {row_id!r}",
