@@ -1,6 +1,13 @@
-"""Lab 03 crash sweep: LangGraph threads on PostgreSQL survive graph processes SIGKILLed at random moments.
+"""Lab 03's scenario: LangGraph threads on PostgreSQL survive graph processes SIGKILLed at random moments.
 
-Per trial: a fresh PostgreSQL database shared by `subjects` threads, each run by its own
+Shared with the check (checks/test_lab03_langgraph_resume.py: one crash after transform, by exit and by
+SIGKILL, then resume): the nodes and the checkpoint shapes a thread must have, how a graph process is
+started (forked from a warm interpreter, else a plain exec; confined as student code either way), which
+node an LLM call is tagged with and which node really sent it, and reading a thread's checkpoints
+with plain SQL and its latest state with LangGraph's saver. The sweep (`Sweep`, `lab sweep 03`) kills
+at many seeded random moments and audits the same invariants.
+
+Sweep, per trial: a fresh PostgreSQL database shared by `subjects` threads, each run by its own
 `python -m <lab>.cli run --thread T` process (forked from a warm interpreter, as the Lab 03 check
 does) with its own LLM key, started `start_gap_s` apart. A kill SIGKILLs every graph process
 alive at that moment (a crashed host). The restart is what an operator would do: for every
@@ -24,9 +31,11 @@ holds the report); exactly one checkpoint per step, steps -1..3 (the N+2 = 5 row
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import course, prefork, proc
@@ -35,15 +44,86 @@ from labkit.services import CourseLLM
 from labkit.sweep import LogicalCall, Violation
 from labkit.sweep_kit import graded_copy, last_exception, with_latency
 
-PRELOAD = ["langgraph.graph", "langgraph.checkpoint.postgres", "openai", "psycopg"]
+# Third-party modules the fork server imports once (never student code); see labkit.prefork.
+PRELOAD = ["langgraph.graph", "langgraph.checkpoint.postgres", "langgraph.checkpoint.sqlite",
+           "langgraph.checkpoint.memory", "openai", "psycopg"]
 NODES = ["fetch", "transform", "report"]
 STEP = {node: n + 1 for n, node in enumerate(NODES)}  # the checkpoint a node's result lands in
-FINISHED_STEPS = [-1, 0, 1, 2, 3]
-NODE_TAG = "[lab03 node="
+# (step, source) of a thread's checkpoints: the input (-1), START's hand-over (0), one per node: N + 2
+EXPECTED_AFTER_CRASH = [(-1, "input"), (0, "loop"), (1, "loop"), (2, "loop")]
+EXPECTED_FINISHED = EXPECTED_AFTER_CRASH + [(3, "loop")]
+FINISHED_STEPS = [step for step, _ in EXPECTED_FINISHED]
+NODE_TAG = re.compile(r"\[lab03 node=([\w-]+)\]")
+
+
+# --- shared by the check and the sweep -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    parent: str | None
+    step: int | None
+    source: str | None
+
+    def shape(self) -> tuple:
+        return (self.step, self.source)
+
+
 def node_of(prompt: str) -> str | None:
-    if NODE_TAG not in prompt:
-        return None
-    return prompt.split(NODE_TAG, 1)[1].split("]", 1)[0]
+    """The node an LLM request is tagged with (llm.ask(node, ...) puts `[lab03 node=N]` in the prompt)."""
+    found = NODE_TAG.search(prompt)
+    return found[1] if found else None
+
+
+def sent_from(entry) -> str | None:
+    """The LangGraph node that was running when the request was sent (labkit.attribution), "" outside any
+    node, None when the request carried no origin (not judged)."""
+    origin = getattr(entry, "origin", None)
+    return None if origin is None else (origin.get("node") or "")
+
+
+def stray(entry) -> bool:
+    """The invariant on the LLM: a request tagged with no node, or sent while another node ran than the one
+    it is tagged with, is no node's execution."""
+    tag, sender = node_of(entry.prompt), sent_from(entry)
+    return tag not in NODES or (sender is not None and sender != tag)
+
+
+def start_cli(target, forks: prefork.ForkServer | None, args: list[str], *, name: str, log_path: Path,
+              env: dict[str, str], cwd: Path):
+    """`python -m <lab>.cli ARGS`, forked from the warm interpreter when one runs, else a plain exec:
+    student code, confined either way (labkit.limits)."""
+    module = target.module("cli")
+    if forks is not None:
+        return forks.start(module, args, name=name, log_path=log_path, env=env, cwd=cwd)
+    return proc.start([sys.executable, "-m", module, *args], name=name, log_path=log_path, env=env, cwd=cwd,
+                      student=True)
+
+
+def postgres_checkpoints(conn, threads: list[str]) -> dict[str, list[Checkpoint]] | None:
+    """Each thread's checkpoints (default namespace) by plain SQL, in checkpoint-id order; None when the
+    checkpoint tables do not exist. `conn`: a psycopg connection (any row factory)."""
+    from psycopg.rows import tuple_row
+
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        if not cursor.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL").fetchone()[0]:
+            return None
+        found: dict[str, list[Checkpoint]] = {thread: [] for thread in threads}
+        for thread, checkpoint, parent, source, step in cursor.execute(
+                "SELECT thread_id, checkpoint_id, parent_checkpoint_id, metadata->>'source', "
+                "(metadata->>'step')::int FROM checkpoints WHERE checkpoint_ns = '' AND thread_id = ANY(%s) "
+                "ORDER BY checkpoint_id", (list(threads),)).fetchall():
+            found[thread].append(Checkpoint(checkpoint, parent, step, source))
+    return found
+
+
+def latest_values(saver, thread: str) -> dict | None:
+    """The channel values of the thread's latest checkpoint, read with LangGraph's own saver."""
+    latest = saver.get_tuple({"configurable": {"thread_id": thread}})
+    return dict(latest.checkpoint.get("channel_values", {})) if latest else None
+
+
+# --- the sweep -----------------------------------------------------------------------------------
 
 
 class Sweep:
@@ -114,12 +194,8 @@ class Sweep:
         name, log_path = f"{thread}-{len(runs) + 1}-{command}", self.trial_dir / f"{thread}-{len(runs) + 1}.log"
         env = self.target.python_env(OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=self.keys[thread],
                                      DATABASE_URL=self.database_url)
-        module = self.target.module("cli")
-        if self.forks is not None:
-            runs.append(self.forks.start(module, args, name=name, log_path=log_path, env=env, cwd=self.trial_dir))
-        else:
-            runs.append(proc.start([sys.executable, "-m", module, *args], name=name, log_path=log_path, env=env,
-                                   cwd=self.trial_dir))
+        runs.append(start_cli(self.target, self.forks, args, name=name, log_path=log_path, env=env,
+                              cwd=self.trial_dir))
 
     async def wait_ready(self) -> None:
         return None  # a graph process works from its first instruction: any moment is a moment
@@ -131,15 +207,9 @@ class Sweep:
         """Each thread's checkpoint steps (default namespace), as plain SQL sees them."""
         import psycopg
 
-        found = {thread: [] for thread in self.keys}
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            if not conn.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL").fetchone()[0]:
-                return found
-            for thread, step in conn.execute(
-                    "SELECT thread_id, (metadata->>'step')::int FROM checkpoints "
-                    "WHERE checkpoint_ns = '' AND thread_id = ANY(%s) ORDER BY checkpoint_id", (list(self.keys),)):
-                found[thread].append(step)
-        return found
+            found = postgres_checkpoints(conn, list(self.keys))
+        return {thread: [c.step for c in (found or {}).get(thread, [])] for thread in self.keys}
 
     def _calls(self) -> dict[str, list]:
         """Each thread's ledger entries, oldest first."""
@@ -193,8 +263,7 @@ class Sweep:
         calls = self._calls()
         # A call from no node, or sent while another node ran than the one it is tagged with (the
         # request's origin, labkit.attribution; None when it carried none), belongs to no logical call.
-        self.strays = [e for entries in calls.values() for e in entries if node_of(e.prompt) not in NODES
-                       or (getattr(e, "origin", None) is not None and e.origin.get("node") != node_of(e.prompt))]
+        self.strays = [e for entries in calls.values() for e in entries if stray(e)]
         return [LogicalCall(key=f"{thread}/{node}", subject=thread,
                             successor=f"{thread}/{NODES[n + 1]}" if n + 1 < len(NODES) else None,
                             entries=[(e.at, e.status) for e in entries if node_of(e.prompt) == node])
@@ -222,7 +291,7 @@ class Sweep:
         if self.strays:
             found.append(Violation(trial, "course LLM", "LLM calls from no node or another node",
                                    f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r} sent by "
-                                   f"{(getattr(self.strays[0], 'origin', None) or {}).get('node')!r}",
+                                   f"{sent_from(self.strays[0])!r}",
                                    "every request tagged [lab03 node=N] and sent while node N ran"))
         return found
 
@@ -236,10 +305,10 @@ class Sweep:
             saver = PostgresSaver(conn)
             for thread in self.keys:
                 try:
-                    latest = saver.get_tuple({"configurable": {"thread_id": thread}})
+                    values = latest_values(saver, thread)
                 except psycopg.Error:
-                    latest = None
-                found[thread] = (latest.checkpoint.get("channel_values", {}).get("report") if latest else None)
+                    values = None
+                found[thread] = values.get("report") if values else None
         return found
 
     async def end_trial(self) -> None:

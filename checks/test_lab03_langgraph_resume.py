@@ -13,6 +13,11 @@ checkpointer's own list() on a fresh connection, and plain SQL on the checkpoint
 Each process is `python -m <lab>.cli ...`, forked from a warm interpreter that has
 already imported langgraph and friends (labkit.prefork: about 1 s of CPU saved per
 process, seven times); LAB_PREFORK=0 starts each with a plain exec instead, same verdicts.
+
+The scenario's shared parts (the nodes and checkpoint shapes, starting a graph process, which node
+tagged and which node sent an LLM call, reading checkpoints by SQL and by the saver) live in
+checks/scenario_lab03_langgraph_resume.py, which the crash sweep (`lab sweep 03`) runs at many random
+moments; this check is its chosen crash (after transform) and its teaching messages.
 """
 
 from __future__ import annotations
@@ -33,23 +38,18 @@ from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfini
 from labkit.llm import Ledger
 from labkit.services import CourseLLM
 
+from scenario_lab03_langgraph_resume import (EXPECTED_AFTER_CRASH, EXPECTED_FINISHED, NODES, PRELOAD, Checkpoint,
+                                             latest_values, node_of, postgres_checkpoints, sent_from, start_cli)
+
 LAB = "03"
-NODES = ["fetch", "transform", "report"]
 IDLE_LIMIT_S = 20.0  # a student process that sleeps this long, all but idle, is stuck (see Watchdog)
 CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s, forked or not)
 # A hang guard for the grader itself, never a verdict: each student process ends, or the Watchdog
 # judges it stuck by its progress, whatever the machine's speed. A plain exec at a quarter core
 # under load took 135 s for the whole scenario (the course-wide 120 s stopped a correct solution).
 HANG_S = 600.0
-# Third-party modules the fork server imports once (never student code); see labkit.prefork.
-PRELOAD = ["langgraph.graph", "langgraph.checkpoint.postgres", "langgraph.checkpoint.sqlite",
-           "langgraph.checkpoint.memory", "openai", "psycopg"]
 CRASH_MARK = re.compile(r"CRASH \((exit|kill)\) after (\w+)")
 DURABILITY_MARK = re.compile(r"CRASH \((?:exit|kill)\) after \w+.*\(durability=('sync'|'async'|'exit'|None)\)")
-NODE_TAG = re.compile(r"\[lab03 node=([\w-]+)\]")
-
-EXPECTED_AFTER_CRASH = [(-1, "input"), (0, "loop"), (1, "loop"), (2, "loop")]
-EXPECTED_FINISHED = EXPECTED_AFTER_CRASH + [(3, "loop")]
 
 REVISIT_N_PLUS_2 = ("§64.2.3: LangGraph saves one checkpoint for the input (step -1, source \"input\") and "
                     "one after every superstep (source \"loop\"): step 0 when START hands the input over, "
@@ -66,17 +66,6 @@ REVISIT_RESUME = ("Resuming is app.invoke(None, config) with the same thread_id:
 pytestmark = pytest.mark.timeout(HANG_S)  # the scenario runs inside the first check
 
 # --- evidence ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Checkpoint:
-    id: str
-    parent: str | None
-    step: int | None
-    source: str | None
-
-    def shape(self) -> tuple:
-        return (self.step, self.source)
-
 
 @dataclass
 class Snapshot:
@@ -146,17 +135,13 @@ class Chain:
 def read_postgres(url: str, thread: str, snap: Snapshot) -> None:
     import psycopg
     from langgraph.checkpoint.postgres import PostgresSaver
-    from psycopg.rows import dict_row
 
-    with psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row) as conn:
-        snap.tables = conn.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL AS t").fetchone()["t"]
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
+        found = postgres_checkpoints(conn, [thread])
+        snap.tables = found is not None
         if not snap.tables:
             return
-        rows = conn.execute(
-            "SELECT checkpoint_id, parent_checkpoint_id, metadata->>'source' AS source, "
-            "(metadata->>'step')::int AS step FROM checkpoints "
-            "WHERE thread_id = %s AND checkpoint_ns = '' ORDER BY checkpoint_id", (thread,)).fetchall()
-        snap.sql = [Checkpoint(r["checkpoint_id"], r["parent_checkpoint_id"], r["step"], r["source"]) for r in rows]
+        snap.sql = found[thread]
         read_library(PostgresSaver(conn), thread, snap)
 
 
@@ -188,8 +173,7 @@ def read_library(saver, thread: str, snap: Snapshot) -> None:
     snap.library = [Checkpoint(t.config["configurable"]["checkpoint_id"],
                                (t.parent_config or {}).get("configurable", {}).get("checkpoint_id"),
                                t.metadata.get("step"), t.metadata.get("source")) for t in tuples]
-    latest = saver.get_tuple(config)
-    snap.final = dict(latest.checkpoint.get("channel_values", {})) if latest else None
+    snap.final = latest_values(saver, thread)
 
 
 # --- the scenario --------------------------------------------------------------------------------
@@ -212,13 +196,8 @@ class Harness:
         return argv
 
     def start(self, chain: Chain, label: str, args: list[str]) -> proc.ManagedProcess | prefork.Child:
-        argv = self.argv(chain, args)
-        name, log_path = f"{chain.name}-{label}", self.workdir / f"{chain.name}-{label}.log"
-        if self.forks is not None:  # the same `python -m <lab>.cli ...`, forked from a warm interpreter
-            return self.forks.start(argv[2], argv[3:], name=name, log_path=log_path, env=self.env(chain),
-                                    cwd=self.workdir)
-        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir,
-                          student=True)
+        return start_cli(self.target, self.forks, self.argv(chain, args)[3:], name=f"{chain.name}-{label}",
+                         log_path=self.workdir / f"{chain.name}-{label}.log", env=self.env(chain), cwd=self.workdir)
 
     def observe(self, chain: Chain, label: str, args: list[str], process: proc.ManagedProcess,
                 seconds: float) -> Snapshot:
@@ -227,9 +206,8 @@ class Harness:
         entries = self.ledger.entries(caller=chain.key, since_id=chain.ledger_seen)
         if entries:
             chain.ledger_seen = entries[-1].id
-        snap.calls = [(NODE_TAG.search(e.prompt) or [None, "?"])[1] for e in entries]
-        snap.made_in = [None if getattr(e, "origin", None) is None else (e.origin.get("node") or "")
-                        for e in entries]
+        snap.calls = [node_of(e.prompt) or "?" for e in entries]
+        snap.made_in = [sent_from(e) for e in entries]
         try:
             if chain.backend == "postgres":
                 read_postgres(chain.location, chain.thread, snap)
