@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from . import course, limits, proc, state
 from .aio import run_sync
@@ -63,12 +64,19 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
     try:
         scenario_module(lab)
     except NoScenario as err:
-        console.print(f"[yellow]{err}[/yellow]. `lab check {lab.id}` is this lab's test.", markup=True)
+        console.print(f"[yellow]{escape(str(err))}[/yellow]. `lab check {lab.id}` is this lab's test.")
         return 2
     except Exception as err:  # the course's scenario does not import: a course problem, said as such
         console.print(f"[red]lab {lab.id}'s crash sweep could not be loaded[/red] (a problem with the course, "
-                      f"not with your code): {type(err).__name__}: {err}", markup=True)
+                      f"not with your code): {type(err).__name__}: {escape(str(err))}")
         return 2
+    from .services import unavailable
+
+    for service in lab.services:  # as a check reports NOT CHECKED: the service's own reason
+        reason = unavailable(service)
+        if reason:
+            console.print(f"[yellow]lab {lab.id} cannot be swept on this machine[/yellow]: {escape(reason)}")
+            return 2
     seed = seed if seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     folder = None if solution else shown(target) if path_given else None
     same = rerun_command(lab, seed=seed, kills=kills, trial=trial, trials=trials, folder=folder,
@@ -124,7 +132,7 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
         return 130
     except Exception as err:  # e.g. a server's refusal a student process caused: one line, never a traceback
         console.print(f"[red]The sweep stopped[/red] after {time.monotonic() - started:.0f} s: "
-                      f"{type(err).__name__}: {str(err)[:500]}")
+                      f"{type(err).__name__}: {escape(str(err)[:500])}")
         console.print(f"`lab check {lab.id}` shows what your code does with one crash.", markup=False)
         return 1
     finally:
