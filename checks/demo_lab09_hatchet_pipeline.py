@@ -32,6 +32,8 @@ NOTICE = ("This demo runs on hatchet-sdk's in-process mock (Task.mock_run), not 
 
 def load_check(lab: course.Lab):
     name = f"_lab_check_{lab.slug}"
+    if str(lab.check_path.parent) not in sys.path:  # the check imports its scenario module, as pytest lets it
+        sys.path.insert(0, str(lab.check_path.parent))
     spec = importlib.util.spec_from_file_location(name, lab.check_path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # its dataclasses look their module up there

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 from labkit import course, prefork, proc
 from labkit.feedback import CheckFailed, NotChecked, parse_error, student_error, tail, unfinished
 from labkit.services import CourseLLM
+from scenario_lab09_hatchet_pipeline import PRELOAD, TAG  # shared with `lab sweep 09`
 
 LAB = "09"
 TASKS = ("extract", "embed", "classify", "store")
@@ -62,10 +63,8 @@ LLM_TASKS = ("extract", "classify")
 REQUIRED_PARENTS = {"extract": set(), "embed": {"extract"}, "classify": {"embed"}, "store": {"classify"}}
 QUEUEING = ("GROUP_ROUND_ROBIN", "QUEUE_NEWEST")  # QUEUE_OLDEST: in the 1.43 enum, refused by its protobuf
 MAX_RETRIES_USED = 5  # the retried document's 429s: min(declared retries, this)
-PRELOAD = ["hatchet_sdk", "openai", "sqlmodel", "pydantic", "google.protobuf.json_format"]
 IDLE_LIMIT_S = 20.0  # a task attempt all but idle this long is stuck (proc.Watchdog)
 CPU_LIMIT_S = 60.0  # ... or one that used this much CPU (an attempt needs well under a second)
-TAG = re.compile(r"\[lab09 task=([\w-]+) doc=([\w-]+)\]")
 MOCK_NOTE = ("Lab 09 runs on hatchet-sdk's in-process mock (Task.mock_run), not on a Hatchet server: this check "
              "plays the engine (parents' order, retries) and has no scheduler.")
 SERVER_ENV = "LAB_SERVER_URL"  # set by `lab check 09 --server URL` (labkit.cli.SERVER_ENV)
