@@ -314,6 +314,29 @@ def run_check(lab: course.Lab, lab_dir: Path, timeout: float = 300) -> subproces
     return done
 
 
+def run_sweep(lab: course.Lab, lab_dir: Path, *, trials: int = 1, kills: int = 2, seed: int = 2026,
+              timeout: float = 900) -> subprocess.CompletedProcess | None:
+    """`lab sweep NN` on the notebook's lab folder, as a student would run it in a terminal: a few
+    SIGKILLs at seeded random moments, then the invariants. None (and says so) under the notebook
+    test (LAB_NOTEBOOK_TEST_TOKEN): the sweep of every solution has its own test, tests/test_crash_sweep.py."""
+    lab_cli = Path(sys.executable).parent / "lab"
+    argv = [str(lab_cli) if lab_cli.exists() else "lab", "sweep", lab.id, "--trials", str(trials),
+            "--kills", str(kills), "--seed", str(seed)]
+    if Path(lab_dir).resolve() != lab.starter_dir.resolve():
+        argv += ["--path", str(lab_dir)]
+    shown = "$ " + shlex.join(["lab", *argv[1:]])
+    if os.environ.get("LAB_NOTEBOOK_TEST_TOKEN"):
+        print(f"{shown}\n(not run under the notebook test: tests/test_crash_sweep.py sweeps every solution)")
+        return None
+    print(shown)
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_PATH", "TEMPORAL_ADDRESS")}
+    env["COLUMNS"] = env.get("COLUMNS", "110")
+    done = subprocess.run(argv, cwd=course.REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    print((done.stdout + done.stderr).rstrip())
+    return done
+
+
 def show_file(path: Path):
     """A source file, highlighted, as a cell's output."""
     from IPython.display import Code
