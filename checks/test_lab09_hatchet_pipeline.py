@@ -514,8 +514,12 @@ def attempts_from_engine(doc: Doc, record: dict, order: list[str], keys: dict) -
     summaries = {t: s for t in order for s in details.get("tasks", []) if named(s.get("display_name"), t)}
     events = sorted(details.get("task_events", []), key=lambda e: (e.get("timestamp") or "", e.get("id") or 0))
     for task in order:
-        seen = [e for e in events if named(e.get("task_display_name"), task)
-                and status_of(e.get("event_type")) in ("FAILED", "FINISHED")]
+        mine = [e for e in events if named(e.get("task_display_name"), task)]
+        # An attempt ends FINISHED or FAILED; if this engine marks a failure that will be retried only as
+        # RETRYING (not certain: untested on an engine), those count as the failed attempts.
+        ending = ("FAILED", "FINISHED") if any(status_of(e.get("event_type")) == "FAILED" for e in mine) \
+            else ("RETRYING", "FINISHED")
+        seen = [e for e in mine if status_of(e.get("event_type")) in ending]
         for index, event in enumerate(seen):
             retry_count = event.get("retry_count")
             retry_count = index if retry_count is None else retry_count

@@ -227,3 +227,15 @@ def test_a_run_that_ran_out_of_retries_fails_at_that_task(check):
     record["details"]["task_events"] = events
     run = check.attempts_from_engine(doc, record, list(check.TASKS), {})
     assert run.failed_task == "classify" and not run.finished and not run.of("store")
+
+
+def test_failures_marked_only_as_retrying_still_count_as_failed_attempts(check):
+    """Given an engine whose events mark a retried failure RETRYING (no FAILED event), Then those are the
+    failed attempts (the exact event an engine emits is not known here: no engine offline)."""
+    doc = check.Doc(role="retried", doc_id="d", provider="openai", title="T", body="B", facts="F", label="memo")
+    record = engine_record("run-3")
+    for event in record["details"]["task_events"]:
+        if event["event_type"] == "FAILED":
+            event["event_type"] = "RETRYING"
+    run = check.attempts_from_engine(doc, record, list(check.TASKS), {})
+    assert [(a.retry_count, a.ok) for a in run.of("classify")] == [(0, False), (1, False), (2, True)]
