@@ -36,7 +36,7 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowHandle
 
 from labkit import course, prefork, temporal
-from labkit.llm import RuleBook
+from labkit.llm import Rule, RuleBook
 from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sink import NotificationSink
@@ -44,14 +44,35 @@ from labkit.sweep import LogicalCall, Violation
 from labkit.sweep_kit import graded_copy, with_latency
 from labkit.sweep_temporal import WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, release_dead_worker, results_of
 
+# --- what the check and the sweep share ------------------------------------------------------------
+
 MODEL_ACTIVITY = "invoke_model_activity"
 NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}  # offline: the Agents SDK would export traces
+# Third-party modules the fork server imports once (never student code; see labkit.prefork): the
+# Agents SDK and the integration are about 2 s of CPU per worker on the 2-core machine.
 PRELOAD = ["temporalio.openai_agents", "agents", "temporalio.client", "temporalio.worker", "openai", "httpx"]
-SCRIPTS = {  # the check's two runs: rule name, question
-    "revenue": ("lab06-q3-revenue", "[lab06 ask=q3-revenue] Which region had the most revenue in Q3 2026? "
-                                    "Post the numbers to #sales."),
-    "cleanup": ("lab06-cleanup", "[lab06 ask=cleanup] Delete the North region's rows from sales, then tell the team."),
+REVENUE_RULE, CLEANUP_RULE = "lab06-q3-revenue", "lab06-cleanup"
+REVENUE_TAG, CLEANUP_TAG = "[lab06 ask=q3-revenue]", "[lab06 ask=cleanup]"
+SALES_CHANNEL = "#sales"  # where the revenue script posts its numbers
+SCRIPTS = {  # the two runs: the course LLM's rule, the question (a run's marker follows it)
+    "revenue": (REVENUE_RULE, f"{REVENUE_TAG} Which region had the most revenue in Q3 2026? "
+                              f"Post the numbers to {SALES_CHANNEL}."),
+    "cleanup": (CLEANUP_RULE, f"{CLEANUP_TAG} Delete the North region's rows from sales, then tell the team."),
 }
+
+
+def question(kind: str, run: str) -> str:
+    """The question a `kind` run asks, marked with its run name: "(run <run>)" is in every prompt of
+    the run's model turns, so each ledger entry belongs to one run."""
+    return f"{SCRIPTS[kind][1]} (run {run})"
+
+
+def script(name: str) -> Rule:
+    """The course LLM's script for a run, as course.toml has it (the check and the LLM agree)."""
+    for rule in RuleBook.from_file(course.COURSE_TOML).rules:
+        if rule.name == name:
+            return rule
+    raise RuntimeError(f"course.toml has no [[llm.rules]] named {name!r}")
 
 
 def send_slots(attempts, workflow_id: str) -> dict[str, str]:
@@ -90,8 +111,7 @@ class Sweep(WorkerScenario):
         self.send_latency_s = send_latency_s
         self.finish_timeout_s = finish_timeout_s
         self.run_id = uuid.uuid4().hex[:6]
-        book = {rule.name: rule for rule in RuleBook.from_file(course.COURSE_TOML).rules}
-        self.rules = {kind: book[name] for kind, (name, _) in SCRIPTS.items()}
+        self.rules = {kind: script(name) for kind, (name, _) in SCRIPTS.items()}
         self.counts: Counter = Counter()  # the sink's receipts and deliveries, across trials
 
     def tallies(self) -> dict[str, int]:
@@ -136,7 +156,7 @@ class Sweep(WorkerScenario):
                                      **NO_TRACING)
         kinds = list(SCRIPTS)
         self.plan = {f"analyst-{key}-w{i}": kinds[i % len(kinds)] for i in range(self.subjects)}  # id: script
-        self.markers = {workflow_id: f"(run {workflow_id})" for workflow_id in self.plan}
+        self.markers = {workflow_id: f"(run {workflow_id})" for workflow_id in self.plan}  # what question() adds
         self.handles: dict[str, WorkflowHandle] = {}
         self.results: dict[str, object] = {}
         self.identities: set[str] = set()
@@ -151,9 +171,9 @@ class Sweep(WorkerScenario):
             if n:
                 await asyncio.sleep(self.start_gap_s)
             await self.gate.wait()
-            question = f"{SCRIPTS[kind][1]} {self.markers[workflow_id]}"
             self.handles[workflow_id] = await self.client.start_workflow(
-                "AnalystAgentWorkflow", {"question": question, "model": "gpt-4o-mini"}, id=workflow_id,
+                "AnalystAgentWorkflow", {"question": question(kind, workflow_id), "model": "gpt-4o-mini"},
+                id=workflow_id,
                 task_queue=self.harness.task_queue, task_timeout=WORKFLOW_TASK_TIMEOUT)
 
     async def after_kill(self) -> None:

@@ -55,17 +55,16 @@ from labkit import course, prefork, temporal
 from labkit import history as hist
 from labkit.feedback import CheckFailed, NotChecked, tail, unfinished
 from labkit.harness import BENIGN_TASK_FAILURES, WorkerHarness
-from labkit.llm import LedgerEntry, Rule, RuleBook
+from labkit.llm import LedgerEntry, Rule
 from labkit.replays import ReplaySet, ReplaySetVerdict
 from labkit.sink import Attempt, Delivery
+from scenario_lab06_agent_tools import (CLEANUP_RULE, MODEL_ACTIVITY, NO_TRACING, PRELOAD, REVENUE_RULE, SALES_CHANNEL,
+                                        question, script)
 
 LAB = "06"
-MODEL_ACTIVITY = "invoke_model_activity"
 TOOLS = ("query_database", "send_notification")
 PLUGIN = "temporalio.openai_agents:OpenAIAgentsPlugin"
-REVENUE_RULE, CLEANUP_RULE = "lab06-q3-revenue", "lab06-cleanup"
-REVENUE_TAG, CLEANUP_TAG = "[lab06 ask=q3-revenue]", "[lab06 ask=cleanup]"
-HELD_CHANNEL = "#sales"  # revenue's notification: the one the crash lands on
+HELD_CHANNEL = SALES_CHANNEL  # revenue's notification: the one the crash lands on
 DATASET_SEED = 64  # dataset.py's default: the check never uses it
 # send_notification's start_to_close_timeout, as the README asks: long enough that the post always
 # reaches the chat service before it runs out (at a quarter of a core, too), short enough that the
@@ -74,10 +73,6 @@ SEND_TIMEOUT_S = (2.0, 30.0)
 # A hang guard, never a verdict: a run still waiting after this long is stuck. Every wait below ends
 # as soon as the state it waits for is there (a poller, a delivery, a closed workflow).
 HANG_S = 300.0
-NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}
-# Third-party modules the fork server imports once (never student code; see labkit.prefork): the
-# Agents SDK and the integration are about 2 s of CPU per worker on the 2-core machine.
-PRELOAD = ["temporalio.openai_agents", "agents", "temporalio.client", "temporalio.worker", "openai", "httpx"]
 
 pytestmark = pytest.mark.timeout(3 * HANG_S)  # the scenario runs inside the first check
 
@@ -96,14 +91,6 @@ REVISIT_READ_ONLY = ("Open the database read-only (sqlite3.connect(path.resolve(
                      "whatever the SQL looks like. A list of forbidden words on a read-write connection is never "
                      "complete (PRAGMA, CREATE ... AS, REPLACE, ATTACH, WITH ... DELETE). Return the refusal as "
                      "the tool's answer.")
-
-
-def script(name: str) -> Rule:
-    """The course LLM's script for a run, as course.toml has it (the check and the LLM agree)."""
-    for rule in RuleBook.from_file(course.COURSE_TOML).rules:
-        if rule.name == name:
-            return rule
-    raise RuntimeError(f"course.toml has no [[llm.rules]] named {name!r}")
 
 
 def scripted_groups(rule: Rule) -> list[list[str]]:
@@ -745,12 +732,9 @@ def scenario(lab_target, lab06_forks, sink, services, tmp_path_factory) -> Scena
     sink.wait_ready(timeout=HANG_S)
     key = uuid.uuid4().hex[:8]
     harness = Lab06Harness(lab_target, services, sink, tmp_path_factory.mktemp("lab06-run"), key, lab06_forks)
-    cleanup_question = f"{CLEANUP_TAG} Delete the North region's rows from sales, then tell the team."
     found = Scenario(
-        revenue=Run("revenue", f"analyst-revenue-{key}",
-                    f"{REVENUE_TAG} Which region had the most revenue in Q3 2026? Post the numbers to "
-                    f"{HELD_CHANNEL}. (run revenue-{key})", script(REVENUE_RULE)),
-        cleanups=[Run(name, f"analyst-{name}-{key}", f"{cleanup_question} (run {name}-{key})", script(CLEANUP_RULE))
+        revenue=Run("revenue", f"analyst-revenue-{key}", question("revenue", f"revenue-{key}"), script(REVENUE_RULE)),
+        cleanups=[Run(name, f"analyst-{name}-{key}", question("cleanup", f"{name}-{key}"), script(CLEANUP_RULE))
                   for name in ("cleanup", "cleanup-again")],
         target=lab_target, token=harness.token)
     try:
