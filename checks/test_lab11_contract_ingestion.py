@@ -399,7 +399,7 @@ class Lab11:
                     if e.endpoint == "embeddings"]
         with psycopg.connect(self.db_url, autocommit=True) as db:
             for doc_id, model, embedding, at in db.execute(
-                    "SELECT doc_id, model, embedding, stored_at FROM document_vectors"):
+                    "SELECT doc_id, model, embedding::float4[], stored_at FROM document_vectors"):
                 s.vectors[doc_id] = (model, list(embedding or []), at)
             for doc_id, status, at in db.execute("SELECT doc_id, status, sent_at FROM notifications"):
                 s.notifications.setdefault(doc_id, {})[status] = at
@@ -448,6 +448,20 @@ def swallowed(s: Scenario) -> list[tuple[Doc, int, int]]:
                 found.append((doc, attempt_of(entry), entry.status))
                 break
     return found
+
+
+def raise_if_swallowed(s: Scenario, docs: list[Doc], consequence: str) -> None:
+    """The verdict for a check whose documents' embed_document swallowed the model's error: that, not what
+    the check usually looks for, is what went wrong."""
+    hidden = [h for h in swallowed(s) if h[0] in docs]
+    if hidden:
+        doc, attempt, status = hidden[0]
+        raise CheckFailed(
+            f"{consequence}: embed_document swallowed the embedding model's error for {len(hidden)} document(s)",
+            observed=f"{doc.doc_id}: the model answered HTTP {status} to embed_document attempt {attempt}, and that "
+                     "attempt completed, so the workflow saw a success",
+            expected="an embedding request that fails makes the activity attempt fail (it raises)",
+            revisit=REVISIT_SWALLOW)
 
 
 @pytest.mark.check("no-silent-failures")
@@ -501,6 +515,7 @@ def test_fallback_model_when_the_primary_is_down(scenario, evidence):
     LAB11_FALLBACK_MODEL), and no document the primary could embed used the fallback."""
     s = scenario.require()
     down = s.of("down")
+    raise_if_swallowed(s, down, "The fallback model was never asked")
     failed = [d for d in down if d.status != "COMPLETED"]
     fell_back = [d for d in down if s.vectors.get(d.doc_id, ("",))[0] == s.fallback]
     evidence["fallback_uses"] = len(fell_back)
@@ -543,6 +558,7 @@ def test_primary_retries_are_used_up_first(scenario, evidence):
     the fallback only after the last of them failed (the history: retry state MAXIMUM_ATTEMPTS_REACHED),
     and a flaky document is healed by the retry: stored with the primary model."""
     s = scenario.require()
+    raise_if_swallowed(s, s.of("down", "dead", "flaky"), "Temporal had no failure to retry")
     report = []
     for doc in s.of("down", "dead"):
         primary = [e for e in s.embeds_of(doc) if e.model == s.primary]
@@ -658,6 +674,7 @@ def test_failures_reach_an_operator(scenario, evidence):
     embedding request to its first signal (an alert event or its failed workflow)."""
     s = scenario.require()
     dead = s.of("dead")
+    raise_if_swallowed(s, s.of("down", "dead"), "No failure reached an operator")
     completed = [d for d in dead if d.status == "COMPLETED"]
     told_ready = [d for d in dead if "ready" in s.notifications.get(d.doc_id, {})]
     delays = []

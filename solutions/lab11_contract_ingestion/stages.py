@@ -47,7 +47,8 @@ async def embed_text(request: EmbedInputV1) -> EmbeddingV1:
 
 
 async def store_vector(request: StoreInputV1) -> StoredV1:
-    """Save the document's vector in the index (one row per document: storing again replaces it)."""
+    """Save the document's vector in the index (one row per document: storing again replaces it).
+    pgvector refuses a vector of no dimensions: an empty embedding fails here, loudly."""
     async with await connect() as conn:
         await conn.execute(
             "INSERT INTO document_vectors (doc_id, model, embedding) VALUES (%s, %s, %s) "
