@@ -1,7 +1,9 @@
 """The crash sweep, quick variant: the reference solutions keep their invariants under seeded SIGKILLs.
 
 - the engine's rules on made-up evidence (no servers): the seed fixes the kill moments; a repeat
-  is at-least-once only when a kill caught that call in flight, otherwise a violation;
+  is at-least-once only when a kill caught that call in flight, otherwise a violation; on a made-up
+  scenario, one trial of a seed re-runs alone with the same kill moments, and the first violating trial
+  is drawn (what `lab sweep NN --seed S --trial T` relies on);
 - Lab 01 (Temporal), Lab 02 (approval: decisions sent while no worker runs, applied once),
   Lab 03 (LangGraph on PostgreSQL), Lab 04 (LangGraph paused for a human; approvals re-sent after
   a kill, applied once), Lab 05 (fan-out; the course web's fetch
@@ -9,11 +11,13 @@
   receipts as a second ledger): 1 trial x 3 kills each on real
   servers; every kill must fire, 0 violations, and nothing left running.
 The seed is CRASH_SWEEP_SEED or a fixed one; every message prints it with the command that re-runs
-the same schedule. The long variant and its figures: bench/crash_sweep.py, bench/README.md.
+the same schedule. The scenarios: checks/scenario_<slug>.py. The long variant and its figures:
+bench/crash_sweep.py, bench/README.md; the students' command: tests/test_lab_sweep.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -22,7 +26,7 @@ import psutil
 import pytest
 
 from labkit import proc, restate
-from labkit.sweep import Kill, LogicalCall, Report, audit_calls, kill_all, kill_delays
+from labkit.sweep import Kill, LogicalCall, Report, Violation, audit_calls, kill_all, kill_delays, run_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from crash_sweep import sweep  # noqa: E402
@@ -122,6 +126,75 @@ def test_a_process_that_exits_on_its_own_just_before_the_signal_does_not_unfire_
     # SIGKILL; counting the whole kill as "not fired" dropped its in-flight windows from the audit
     killed, exited_first = kill_all([FakeProcess(1, True, -9), FakeProcess(2, True, 0), FakeProcess(3, False, 0)])
     assert (killed, exited_first) == ([1], [2]), f"observed killed={killed}, exited first={exited_first}"
+
+
+class MadeUpScenario:
+    """A scenario with no servers: one process per epoch, one logical call per trial that arrives
+    before each kill and is never recorded, and a violation in the trials listed in `broken`."""
+
+    lab = "00"
+    kill_window = (0.0, 0.01)
+    latency_ms = 100
+
+    def __init__(self, broken: set[int]):
+        self.broken, self.began, self.arrivals = broken, [], []
+
+    async def start(self): ...
+    async def stop(self): ...
+
+    async def begin_trial(self, trial, gate):
+        self.trial, self.arrivals = trial, []
+        self.began.append(trial)
+        self.process = FakeProcess(100 + trial, True, -9)
+
+    async def wait_ready(self):
+        import time
+        self.arrivals.append(time.time())  # the call goes out at once
+
+    def processes(self):
+        return [self.process]
+
+    async def landings(self):
+        return ["the call in flight"]
+
+    async def after_kill(self): ...
+
+    async def recorded(self):
+        return set()
+
+    async def restart(self):
+        self.process = FakeProcess(200 + self.trial, True, -9)
+
+    async def finish(self): ...
+
+    async def logical_calls(self):
+        return [LogicalCall(f"t{self.trial}/call", f"t{self.trial}", None, [(at, 200) for at in self.arrivals])]
+
+    async def verify(self, trial):
+        return [Violation(trial, f"t{trial}", "made-up violation", "x", "y")] if trial in self.broken else []
+
+    async def end_trial(self): ...
+
+
+def test_one_trial_reruns_alone_with_its_own_kill_moments_and_the_first_violation_is_drawn():
+    # trial index 1 of 3 breaks: the report says which, draws it, and only_trial=1 runs it by itself
+    lines: list[str] = []
+    scenario = MadeUpScenario(broken={1})
+    report = asyncio.run(run_sweep(scenario, seed=SEED, trials=3, kills=2, command="c", log=lambda _: None,
+                                   on_trial=lambda t: lines.append(t.line(3))))
+    assert scenario.began == [0, 1, 2] and [t.trial for t in report.per_trial] == [0, 1, 2], report.per_trial
+    assert [t.violations for t in report.per_trial] == [0, 1, 0], [t.line() for t in report.per_trial]
+    assert report.per_trial[1].kill_offsets == kill_delays(SEED, 1, 2, scenario.kill_window)
+    assert lines[1].startswith("trial 2/3: 2/2 kills fired") and "1 violation(s)" in lines[1], lines
+    assert (report.picture_trial, "<svg" in report.picture, "kill 2" in report.picture) == (1, True, True), \
+        f"observed picture of trial {report.picture_trial}; expected trial index 1, with both kills drawn"
+    assert report.violations[0].line().startswith("trial 2 t1: made-up violation"), report.violations[0].line()
+
+    again = MadeUpScenario(broken={1})
+    alone = asyncio.run(run_sweep(again, seed=SEED, trials=3, kills=2, command="c", log=lambda _: None, only_trial=1))
+    assert again.began == [1] and alone.trials == 1 and "trial 2 only" in alone.summary(), alone.summary()
+    assert [k.planned_after_s for k in alone.kills] == kill_delays(SEED, 1, 2, again.kill_window)
+    assert [v.subject for v in alone.violations] == ["t1"]
 
 
 # --- the quick sweep on real servers --------------------------------------------------------------
