@@ -4,6 +4,7 @@
     .venv/bin/python bench/crash_sweep.py --lab 03 --trials 20 --kills 3          (a random seed, printed)
     .venv/bin/python bench/crash_sweep.py --lab 06 --trials 20 --kills 3 --seed 7  (also 02, 04, 05)
     .venv/bin/python bench/crash_sweep.py --lab 03 --path tests/variants/lab03/X  (sweep another lab folder)
+    .venv/bin/python bench/crash_sweep.py --lab 01 --trials 20 --kills 3 --seed 7 --trial 12  (that trial alone)
     .venv/bin/python bench/crash_sweep.py --lab 03 --trials 1 --start-gap 0 --cold-schema
         (every thread starts at once on a fresh database: PostgresSaver.setup()'s race, docs/design.md)
 
@@ -38,6 +39,8 @@ def rerun_command(args: argparse.Namespace, seed: int) -> str:
             "--kills", str(args.kills), "--seed", str(seed)]
     if args.subjects is not None:
         argv += ["--subjects", str(args.subjects)]
+    if args.trial is not None:
+        argv += ["--trial", str(args.trial)]
     if args.path:
         argv += ["--path", str(args.path)]
     if args.start_gap is not None:
@@ -48,13 +51,14 @@ def rerun_command(args: argparse.Namespace, seed: int) -> str:
 
 
 def sweep(lab: str, *, trials: int, kills: int, seed: int, subjects: int | None, workdir: Path,
-          path: Path | None = None, command: str = "", log=print, **options) -> Report:
+          path: Path | None = None, command: str = "", log=print, trial: int | None = None, **options) -> Report:
     """One sweep of one lab, its servers started and stopped here (also used by tests/test_crash_sweep.py).
-    subjects None: the scenario's own default."""
+    subjects None: the scenario's own default; trial (1-based): only that trial of the seed."""
     if subjects is not None:
         options["subjects"] = subjects
     scenario = load_scenario(course.load().lab(lab), workdir=workdir, path=path, **options)
-    return asyncio.run(run_sweep(scenario, seed=seed, trials=trials, kills=kills, command=command, log=log))
+    return asyncio.run(run_sweep(scenario, seed=seed, trials=trials, kills=kills, command=command, log=log,
+                                 only_trial=trial - 1 if trial is not None else None))
 
 
 def main() -> int:
@@ -65,6 +69,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--kills", type=int, default=3, help="kills per trial")
     parser.add_argument("--seed", type=int, default=None, help="default: a random seed, printed")
+    parser.add_argument("--trial", type=int, default=None,
+                        help="run only this trial (1-based) of the seed: its kill moments come from seed and trial")
     parser.add_argument("--subjects", type=int, default=None,
                         help="workflows or threads per trial (default 5 for Lab 03, 4 otherwise; Lab 05 at most 4)")
     parser.add_argument("--path", type=Path, default=None, help="lab folder to sweep (default: the solution)")
@@ -79,7 +85,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix=f"sweep{args.lab}-") as tmp:
         try:
             report = sweep(args.lab, trials=args.trials, kills=args.kills, seed=seed, subjects=args.subjects,
-                           workdir=Path(tmp), path=args.path, command=rerun_command(args, seed),
+                           workdir=Path(tmp), path=args.path, command=rerun_command(args, seed), trial=args.trial,
                            **({"cold_schema": True} if args.cold_schema else {}),
                            **({"start_gap_s": args.start_gap} if args.start_gap is not None else {}))
         except (NoScenario, KeyError) as err:
