@@ -191,9 +191,17 @@ class Sweep(WorkerScenario):
     async def logical_calls(self) -> list[LogicalCall]:
         entries = self.llm.ledger().entries(caller=self.harness.api_key)
         self.strays = stray_requests(entries, self.plan.values())
-        return [LogicalCall(key=f"{workflow_id}/call_llm", subject=workflow_id, successor=None,
-                            entries=[(e.at, e.status) for e in requests_of(entries, marker)])
-                for workflow_id, marker in self.plan.items()]
+        calls = []
+        for workflow_id, marker in self.plan.items():
+            mine = [(e.at, e.status) for e in requests_of(entries, marker)]
+            if not mine and self.spent_by_kills(workflow_id) == "call_llm" \
+                    and isinstance(self.results.get(workflow_id), WorkflowFailureError):
+                # every call_llm attempt was killed before its request reached the LLM (a slow worker):
+                # the run failed as its retry policy says (verify counts it), and made no call to audit
+                self.counts["LLM calls never sent: every call_llm attempt killed first"] += 1
+                continue
+            calls.append(LogicalCall(key=f"{workflow_id}/call_llm", subject=workflow_id, successor=None, entries=mine))
+        return calls
 
     async def verify(self, trial: int) -> list[Violation]:
         found = []
