@@ -46,11 +46,30 @@ from labkit.sweep_kit import graded_copy, with_latency
 from labkit.sweep_temporal import (STARTED, WORKFLOW_TASK_TIMEOUT, ForkedWorkers, WorkerScenario, release_dead_worker,
                                    results_of)
 
+# --- what the check and the sweep share ------------------------------------------------------------
+
+# Third-party modules the fork server imports once for the workers (never student code); see labkit.prefork.
 PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
            "temporalio.common", "temporalio.exceptions", "openai", "httpx"]
+# What the lab asks for (README, course.toml hints): the check holds the submission to it, the sweep
+# counts a page given up after this many killed attempts as the policy working, not as a violation.
+EXPECTED_POLICY = {
+    "search_web": {"maximum_attempts": 3},
+    "extract_content": {"maximum_attempts": 2},
+    "llm_summarize": {"maximum_attempts": 5, "initial_interval_s": 2.0, "backoff_coefficient": 2.0},
+}
+
+
+def slug_of(url: str) -> str:
+    """The corpus page a course-web URL names (its last path segment, without a query)."""
+    return str(url).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
 TOPICS = ["quantum error correction", "durable execution", "urban heat islands", "sourdough bread"]
 MAX_SOURCES, MAX_PARALLEL = 4, 3
-EXTRACT_ATTEMPTS = 2  # the lab's EXTRACT_RETRY (the check holds the solution to it)
+EXTRACT_ATTEMPTS = EXPECTED_POLICY["extract_content"]["maximum_attempts"]  # the lab's EXTRACT_RETRY
 # extract_content's heartbeat timeout, which the request chooses (ResearchRequest.heartbeat_timeout_s). Not the
 # check's 3 s: a sweep's invariant (each page fetched once unless a kill caught it) must not meet a page timed out
 # by load alone, and the sweep fails a dead worker's attempts itself (release_dead_worker), so it costs no time.
@@ -284,6 +303,3 @@ class Sweep(WorkerScenario):
         self.harness.close()
         self.web.reset_behaviours()
 
-
-def slug_of(url: str) -> str:
-    return url.rstrip("/").rsplit("/doc/", 1)[-1]

@@ -53,18 +53,9 @@ from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
 from labkit.replays import ReplaySet, ReplaySetVerdict
 from labkit.web import DEFAULT_CORPUS, WebEntry, load_corpus, rank
+from scenario_lab05_research_fanout import EXPECTED_POLICY, PRELOAD, slug_of
 
 LAB = "05"
-# Third-party modules the fork server imports once for the workers (never student code); see labkit.prefork.
-PRELOAD = ["temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
-           "temporalio.common", "temporalio.exceptions", "openai", "httpx"]
-
-# What the lab asks for (README, course.toml hints).
-EXPECTED_POLICY = {
-    "search_web": {"maximum_attempts": 3},
-    "extract_content": {"maximum_attempts": 2},
-    "llm_summarize": {"maximum_attempts": 5, "initial_interval_s": 2.0, "backoff_coefficient": 2.0},
-}
 PRICES_PER_MILLION = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}  # as in the lab's models.py
 SUMMARY_MAX_TOKENS = 300  # as in the lab's models.py: the worst-case reply a budget allows for
 TINY_BUDGET = 0.00005  # US dollars: less than any summarize call over these pages costs
@@ -311,10 +302,6 @@ def prompt_sources(entry: LedgerEntry) -> list[str]:
     user = next((str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user"), "")
     _, _, body = user.partition("\n\nSources:\n")
     return [part.strip() for part in body.split("\n---\n")] if body else []
-
-
-def slug_of(url: str) -> str:
-    return str(url).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 def ts(at: float | datetime | None) -> str:
