@@ -33,6 +33,7 @@ been saved before the kill: one more "update" checkpoint, the same value).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sys
 import time
@@ -47,13 +48,61 @@ from labkit.sweep import LogicalCall, Violation
 from labkit.web import CourseWeb
 from labkit.sweep_kit import graded_copy, last_exception, with_latency
 
+# --- what the check and the sweep share ------------------------------------------------------------
+
+# Third-party modules a fork server imports once for the CLI processes (never student code; see
+# labkit.prefork); the last ones are what the first LLM call and the first page read import lazily.
 PRELOAD = ["langgraph.graph", "langgraph.graph.message", "langgraph.types", "langgraph.checkpoint.postgres",
-           "langchain_core.messages", "openai", "psycopg", "httpx"]
+           "langgraph.checkpoint.sqlite", "langgraph.checkpoint.memory", "langchain_core.messages", "openai",
+           "psycopg", "httpx", "openai.resources.chat.completions", "openai.lib.streaming.chat", "httpcore", "h11",
+           "httpcore2", "truststore", "jiter", "langchain_core.tracers.run_collector", "langchain_core.tracers.stdout"]
+NODE_TAG = re.compile(r"\[lab04 node=([\w-]+)\]")  # the course's llm.py tags each prompt with its node
+QUERY = "quantum error correction"
+
+
+def tagged_node(prompt: str | None) -> str | None:
+    """The node an LLM request says it was sent for (the course's llm.py tags every prompt)."""
+    found = NODE_TAG.search(prompt or "")
+    return found[1] if found else None
+
+
+def cli_env(target, llm, web, key: str, database_url: str, **extra: str) -> dict[str, str]:
+    """A CLI process's environment: its own LLM key and course-web caller (`key`), its database."""
+    return target.python_env(OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY=key, COURSE_WEB_URL=web.url_for(key),
+                             DATABASE_URL=database_url, **extra)
+
+
+def start_cli(target, forks, module: str, argv: list[str], *, name: str, log_path: Path, env: dict[str, str],
+              cwd: Path, student: bool = False):
+    """`python -m <module> <argv>` as its own process: forked from the warm interpreter when there is one
+    (labkit.prefork), else a plain exec."""
+    if forks is not None:
+        return forks.start(module, argv, name=name, log_path=log_path, env=env, cwd=cwd)
+    return proc.start([sys.executable, "-m", module, *argv], name=name, log_path=log_path, env=env, cwd=cwd,
+                      **({"student": True} if student else {}))
+
+
+def checkpoint_rows(conn, threads: list[str]) -> dict[str, list[tuple[str, str | None, int | None, str | None]]]:
+    """Each thread's (checkpoint id, parent id, step, source), oldest first, as plain SQL sees them
+    (the root namespace only: a subgraph's checkpoints are not the thread's steps)."""
+    from psycopg.rows import tuple_row
+
+    found: dict[str, list] = {thread: [] for thread in threads}
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        cursor.execute("SELECT thread_id, checkpoint_id, parent_checkpoint_id, (metadata->>'step')::int, "
+                       "metadata->>'source' FROM checkpoints WHERE checkpoint_ns = '' AND thread_id = ANY(%s) "
+                       "ORDER BY checkpoint_id", (list(threads),))
+        for thread, checkpoint_id, parent, step, source in cursor.fetchall():
+            found[thread].append((checkpoint_id, parent, step, source))
+    return found
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
 KINDS = [("before", None), ("before", "EDITED by the sweep's reviewer"), ("interrupt", "EDITED in review"),
          ("interrupt", None)]
 SEARCH_STEP, SUMMARIZE_STEP, REVIEW_STEP = 1, 2, 3  # the checkpoint each node's result lands in (no edit)
-NODE_TAG = "[lab04 node=summarize]"
-QUERY = "quantum error correction"
+SUMMARIZE_TAG = "[lab04 node=summarize]"
 RESUME_MODULE = "sweep_resume"  # scenario_lab04_resume.py, copied next to the graded lab folder
 
 
@@ -136,15 +185,10 @@ class Sweep:
             module, argv = RESUME_MODULE, [self.target.name, thread, pause]
         else:
             module, argv = self.target.module("cli"), [command, "--thread", thread, "--pause", pause, *args]
-        name, log_path = f"{thread}-{len(runs) + 1}-{command}", self.trial_dir / f"{thread}-{len(runs) + 1}.log"
-        env = self.target.python_env(OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=self.keys[thread],
-                                     COURSE_WEB_URL=self.web.url_for(self.keys[thread]),
-                                     DATABASE_URL=self.database_url)
-        if self.forks is not None:
-            process = self.forks.start(module, argv, name=name, log_path=log_path, env=env, cwd=self.trial_dir)
-        else:
-            process = proc.start([sys.executable, "-m", module, *argv], name=name, log_path=log_path, env=env,
-                                 cwd=self.trial_dir)
+        process = start_cli(self.target, self.forks, module, argv, name=f"{thread}-{len(runs) + 1}-{command}",
+                            log_path=self.trial_dir / f"{thread}-{len(runs) + 1}.log",
+                            env=cli_env(self.target, self.llm, self.web, self.keys[thread], self.database_url),
+                            cwd=self.trial_dir)
         runs.append((command, process))
         self.started_at[process.pid] = time.monotonic()
 
@@ -184,13 +228,10 @@ class Sweep:
         """Each thread's (step, source, checkpoint id), oldest first, as plain SQL sees them."""
         import psycopg
 
-        found = {thread: [] for thread in self.threads}
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            for thread, step, source, checkpoint_id in conn.execute(
-                    "SELECT thread_id, (metadata->>'step')::int, metadata->>'source', checkpoint_id FROM checkpoints "
-                    "WHERE checkpoint_ns = '' AND thread_id = ANY(%s) ORDER BY checkpoint_id", (list(self.threads),)):
-                found[thread].append((step, source, checkpoint_id))
-        return found
+            rows = checkpoint_rows(conn, list(self.threads))
+        return {thread: [(step, source, checkpoint_id) for checkpoint_id, _, step, source in mine]
+                for thread, mine in rows.items()}
 
     def _calls(self) -> dict[str, list]:
         callers = {key: thread for thread, key in self.keys.items()}
@@ -292,10 +333,10 @@ class Sweep:
     async def logical_calls(self) -> list[LogicalCall]:
         calls = self._calls()
         # summarize's call, tagged and sent while summarize ran (the request's origin; None: it carried none)
-        self.strays = [e for entries in calls.values() for e in entries if NODE_TAG not in e.prompt
+        self.strays = [e for entries in calls.values() for e in entries if tagged_node(e.prompt) != "summarize"
                        or (getattr(e, "origin", None) is not None and e.origin.get("node") != "summarize")]
         return [LogicalCall(key=f"{thread}/summarize", subject=thread, successor=None,
-                            entries=[(e.at, e.status) for e in entries if NODE_TAG in e.prompt])
+                            entries=[(e.at, e.status) for e in entries if tagged_node(e.prompt) == "summarize"])
                 for thread, entries in calls.items()]
 
     async def ledgers(self) -> dict[str, tuple[str, list[LogicalCall]]]:
@@ -349,7 +390,7 @@ class Sweep:
             found.append(Violation(trial, "course LLM", "LLM calls from no node or another node",
                                    f"{len(self.strays)} request(s), e.g. {self.strays[0].prompt[:80]!r} sent by "
                                    f"{(getattr(self.strays[0], 'origin', None) or {}).get('node')!r}",
-                                   f"every request tagged {NODE_TAG} and sent while summarize ran"))
+                                   f"every request tagged {SUMMARIZE_TAG} and sent while summarize ran"))
         return found
 
     def _llm_summary(self) -> str:

@@ -15,8 +15,6 @@ the checkpointer's own list() on a fresh connection, and plain SQL on the checkp
 
 from __future__ import annotations
 
-import re
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfini
 from labkit.llm import Ledger
 from labkit.services import CourseLLM
 from labkit.web import CourseWeb, WebLedger
+from scenario_lab04_langgraph_hitl import PRELOAD, QUERY, checkpoint_rows, cli_env, start_cli, tagged_node
 
 LAB = "04"
 IDLE_LIMIT_S = 20.0  # a student process that sleeps this long, all but idle, is stuck (see Watchdog)
@@ -38,14 +37,7 @@ CPU_LIMIT_S = 60.0  # ... or that used this much CPU (one CLI step needs 0.1-3 s
 # judges it stuck by its progress, whatever the machine's speed. A plain exec at a quarter core
 # under load took 135 s for the whole scenario (the course-wide 120 s stopped a correct solution).
 HANG_S = 600.0
-# (the last ones are what the first LLM call and the first page read import lazily)
-PRELOAD = ["langgraph.graph", "langgraph.graph.message", "langgraph.types", "langgraph.checkpoint.postgres",
-           "langgraph.checkpoint.sqlite", "langgraph.checkpoint.memory", "langchain_core.messages", "openai",
-           "psycopg", "httpx", "openai.resources.chat.completions", "openai.lib.streaming.chat", "httpcore", "h11",
-           "httpcore2", "truststore", "jiter", "langchain_core.tracers.run_collector", "langchain_core.tracers.stdout"]
-NODE_TAG = re.compile(r"\[lab04 node=([\w-]+)\]")
 
-QUERY = "quantum error correction"
 FORK_QUERY = "How does the surface code protect a logical qubit?"
 EDIT_BEFORE = "Reviewed: error correction trades hundreds of physical qubits for one reliable logical qubit."
 EDIT_INTERRUPT = "Reviewed via Command: below threshold, bigger surface-code patches mean fewer logical errors."
@@ -215,11 +207,7 @@ def read_postgres(url: str, thread: str, snap: Snapshot) -> None:
         snap.tables = conn.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL AS t").fetchone()["t"]
         if not snap.tables:
             return
-        rows = conn.execute(
-            "SELECT checkpoint_id, parent_checkpoint_id, metadata->>'source' AS source, "
-            "(metadata->>'step')::int AS step FROM checkpoints "
-            "WHERE thread_id = %s AND checkpoint_ns = '' ORDER BY checkpoint_id", (thread,)).fetchall()
-        snap.sql = [(r["checkpoint_id"], r["parent_checkpoint_id"], r["step"], r["source"]) for r in rows]
+        snap.sql = checkpoint_rows(conn, [thread])[thread]
         saver = PostgresSaver(conn)
         writes = conn.execute(
             "SELECT checkpoint_id, channel, type, blob FROM checkpoint_writes "
@@ -247,25 +235,19 @@ class Harness:
         self.web_ledger = WebLedger(web.ledger_dir)
 
     def env(self, chain: Chain) -> dict[str, str]:
-        return self.target.python_env(OPENAI_BASE_URL=self.llm.base_url, OPENAI_API_KEY=chain.key,
-                                      COURSE_WEB_URL=self.web.url_for(chain.key), DATABASE_URL=chain.location,
-                                      LAB04_PAUSE=chain.pause)
+        return cli_env(self.target, self.llm, self.web, chain.key, chain.location, LAB04_PAUSE=chain.pause)
 
     def start(self, chain: Chain, label: str, args: list[str]):
-        argv = [sys.executable, "-m", self.target.module("cli"), *args]
-        name, log_path = f"{chain.name}-{label}", self.workdir / f"{chain.name}-{label}.log"
-        if self.forks is not None:
-            return self.forks.start(argv[2], argv[3:], name=name, log_path=log_path, env=self.env(chain),
-                                    cwd=self.workdir)
-        return proc.start(argv, name=name, log_path=log_path, env=self.env(chain), cwd=self.workdir,
-                          student=True)
+        return start_cli(self.target, self.forks, self.target.module("cli"), args, name=f"{chain.name}-{label}",
+                         log_path=self.workdir / f"{chain.name}-{label}.log", env=self.env(chain), cwd=self.workdir,
+                         student=True)
 
     def observe(self, chain: Chain, label: str, args: list[str], process, seconds: float) -> Snapshot:
         snap = Snapshot(label=label, argv=args, exit_code=process.returncode, log=process.output(), seconds=seconds)
         entries = self.ledger.entries(caller=chain.key, since_id=chain.ledger_seen)
         if entries:
             chain.ledger_seen = entries[-1].id
-        snap.calls = [((NODE_TAG.search(e.prompt) or [None, "?"])[1], e.prompt) for e in entries]
+        snap.calls = [(tagged_node(e.prompt) or "?", e.prompt) for e in entries]
         snap.made_in = [None if getattr(e, "origin", None) is None else (e.origin.get("node") or "")
                         for e in entries]
         searches = self.web_ledger.entries(caller=chain.key, kind="search", since_id=chain.web_seen)
