@@ -42,7 +42,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType, RetryState
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowHistory
 
-from labkit import proc
+from labkit import proc, temporal
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
 from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
@@ -51,6 +51,7 @@ from labkit.replays import ReplaySet
 
 LAB = "11"
 QC_MIN_WORDS = 100  # the case study's rule, as in the lab's models.py
+RUNAWAY_ATTEMPTS = 6  # an activity still retried past this attempt has a retry policy that never gives up
 PATIENCE_S = 90.0  # hang guard: nothing changed (workflows closed, attempts, LLM requests) for this long
 HANG_S = 900.0  # the whole run's hang guard
 DOC_REF = re.compile(r"Contract reference: ([\w-]+)\.")
@@ -150,11 +151,16 @@ class Scenario:
     audited: set[int] = field(default_factory=set)  # event ids in audit_log
     replay: object = None
     failure: CheckFailed | None = None
+    failure_owner: str = "no-silent-failures"  # the check whose concept the scenario's failure is about
     worker_log: str = ""
 
-    def require(self) -> Scenario:
+    def require(self, check: str) -> Scenario:
+        """The scenario, if it ran to the end; else its failure for the check that owns it, and
+        "not checked" for the others."""
         if self.failure is not None:
-            raise self.failure
+            if check == self.failure_owner:
+                raise self.failure
+            raise NotChecked(f"not checked: the ingestion run did not finish ({self.failure.summary})")
         return self
 
     def of(self, *roles: str) -> list[Doc]:
@@ -348,6 +354,19 @@ class Lab11:
                 handles[doc_id], "IngestWorkflow runs the five stages as activities and returns an IngestResult")
             if failure:
                 raise failure
+            for p in await temporal.pending_activities(handles[doc_id]):
+                if p.attempt > RUNAWAY_ATTEMPTS and p.last_failure:
+                    if p.name == "embed_document":
+                        s.failure_owner = "retries-before-fallback"
+                    raise CheckFailed(
+                        f"{p.name} of {doc_id} is at attempt {p.attempt} and still being retried: its retry policy "
+                        "never gives up",
+                        observed=f"the last attempt failed with: {p.last_failure[:200]}",
+                        expected="a RetryPolicy with maximum_attempts, after which the workflow hears of the failure "
+                                 "(an ActivityError) and decides: the fallback model, an alert, a failed workflow",
+                        revisit=REVISIT_RETRIES + " Without maximum_attempts, Temporal retries for ever and nobody is "
+                                "told: another silent failure.",
+                        details=tail(worker.output()))
             self.raise_unfinished()
             state = self.progress(len(closed))
             if state != last_state:
@@ -471,7 +490,7 @@ def test_every_document_notified_ready_is_stored(scenario, evidence):
     Then every document the user was told is 'ready' has its vector in the index, and that vector is what the
     course LLM answered for its text (from the model the row names): no document is reported done and lost.
     (The choreographed pipeline of the same lab loses the documents whose embedding failed: the notebook.)"""
-    s = scenario.require()
+    s = scenario.require("no-silent-failures")
     ready = [d for d in s.docs if "ready" in s.notifications.get(d.doc_id, {})]
     lost = [d for d in ready if d.doc_id not in s.vectors]
     fake = [d for d in ready if d.doc_id in s.vectors and not same_vector(
@@ -513,7 +532,7 @@ def test_fallback_model_when_the_primary_is_down(scenario, evidence):
     """Given documents for which the primary embedding model is down (every request answers 503),
     Then each of them completes with the fallback model's vector stored (the model the run named in
     LAB11_FALLBACK_MODEL), and no document the primary could embed used the fallback."""
-    s = scenario.require()
+    s = scenario.require("fallback-model")
     down = s.of("down")
     raise_if_swallowed(s, down, "The fallback model was never asked")
     failed = [d for d in down if d.status != "COMPLETED"]
@@ -557,7 +576,7 @@ def test_primary_retries_are_used_up_first(scenario, evidence):
     Then the primary model is asked by embed_document attempts 1..M (M >= 2: the activity's retry policy) and
     the fallback only after the last of them failed (the history: retry state MAXIMUM_ATTEMPTS_REACHED),
     and a flaky document is healed by the retry: stored with the primary model."""
-    s = scenario.require()
+    s = scenario.require("retries-before-fallback")
     raise_if_swallowed(s, s.of("down", "dead", "flaky"), "Temporal had no failure to retry")
     report = []
     for doc in s.of("down", "dead"):
@@ -611,7 +630,7 @@ def test_quality_check_only_for_100_words_or_more(scenario, evidence):
     """Given documents of 30 to 260 words (one of exactly 99, one of exactly 100),
     Then check_quality ran (an activity in the history and a quality_checks row) for every completed document
     of 100 words or more, and for none under 100."""
-    s = scenario.require()
+    s = scenario.require("qc-skipped-short")
     done = [d for d in s.docs if d.status == "COMPLETED"]
     if not done:
         raise NotChecked("not checked: no IngestWorkflow completed")
@@ -640,7 +659,7 @@ def test_notify_only_after_the_store_completed(scenario, evidence):
     """Then, in every history that told the user 'ready', notify_user was scheduled only after store_embedding
     had completed (the order of the history's events: the same on any machine), and the notification row is
     no older than the vector row."""
-    s = scenario.require()
+    s = scenario.require("notify-after-store")
     early = []
     for doc in s.docs:
         if doc.history is None:
@@ -672,7 +691,7 @@ def test_failures_reach_an_operator(scenario, evidence):
     Then each dead document's workflow FAILED and its user was not told 'ready', and every document whose
     embedding failed has a pipeline.alert event on the bus naming it. Measured: from a document's first failed
     embedding request to its first signal (an alert event or its failed workflow)."""
-    s = scenario.require()
+    s = scenario.require("failures-surface")
     dead = s.of("dead")
     raise_if_swallowed(s, s.of("down", "dead"), "No failure reached an operator")
     completed = [d for d in dead if d.status == "COMPLETED"]
@@ -714,7 +733,7 @@ def test_analytics_and_audit_still_hear_every_stage(scenario, evidence):
     """Then, for every completed document, the bus holds the workflow's stage events (document.extracted,
     document.embedded, document.stored, document.notified), once each and in that order, and the course's audit
     consumer, a separate process reacting to the bus, logged every event."""
-    s = scenario.require()
+    s = scenario.require("events-choreographed")
     done = [d for d in s.docs if d.status == "COMPLETED"]
     if not done:
         raise NotChecked("not checked: no IngestWorkflow completed")
@@ -737,7 +756,7 @@ def test_analytics_and_audit_still_hear_every_stage(scenario, evidence):
 @pytest.mark.check("history-replays")
 def test_histories_replay(scenario, evidence):
     """Then every recorded history replays against the workflow code in a separate process."""
-    s = scenario.require()
+    s = scenario.require("history-replays")
     verdict = s.replay
     if verdict is None:
         raise NotChecked("not checked: the replay did not run")

@@ -19,6 +19,7 @@ from labkit import course
 
 LAB = course.load().lab("11")
 SWALLOWED = "embed_document swallowed the embedding model's error"
+BLOCKED = tuple(c.name for c in LAB.checks if c.name != "retries-before-fallback")
 
 VARIANTS = [
     Variant("no_fallback", changed=("workflows.py",), fails={
@@ -46,6 +47,10 @@ VARIANTS = [
     }),
     Variant("no_alert", changed=("workflows.py",), fails={
         "failures-surface": ("have no pipeline.alert event on the bus",),
+    }),
+    # Temporal's default: retry for ever. The down documents never reach the fallback; nobody is told.
+    Variant("unlimited_retries", changed=("workflows.py",), blocked=BLOCKED, fails={
+        "retries-before-fallback": ("embed_document of", "still being retried: its retry policy never gives up"),
     }),
     Variant("good_model_chain"),
 ]
