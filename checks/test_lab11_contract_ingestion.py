@@ -598,22 +598,20 @@ def test_primary_retries_are_used_up_first(scenario, evidence):
         fallback = [e for e in s.embeds_of(doc) if e.model == s.fallback]
         embeds = [a for a in activities(doc.history) if a.name == "embed_document"] if doc.history else []
         primary_act = next((a for a in embeds if field_of(a.input, "model") == s.primary), None)
-        report.append(len(attempts))
-        if len(attempts) < 2:
+        # How many attempts ran: the history's last attempt (a request lost on the way, say a connection
+        # refused on a starved machine, leaves no ledger entry, but the attempt still counts).
+        tried = max(primary_act.attempt if primary_act else 0, max(attempts, default=0))
+        report.append(tried)
+        if tried < 2:
             raise CheckFailed(
-                f"The primary model was given up after {len(attempts)} attempt(s) of embed_document",
+                f"The primary model was given up after {tried} attempt(s) of embed_document",
                 observed=f"{doc.doc_id}: primary requests from attempts {attempts}"
-                         + (f", then the fallback" if fallback else "")
+                         + (", then the fallback" if fallback else "")
                          + (f"; retry policy maximum_attempts={primary_act.max_attempts}" if primary_act else ""),
                 expected="a retry policy with maximum_attempts >= 2 on the primary's embed_document: a passing "
                          "failure heals on a retry",
                 revisit=REVISIT_RETRIES)
-        if attempts != list(range(1, len(attempts) + 1)):
-            raise CheckFailed(
-                "The primary model's requests did not come from one activity's successive attempts",
-                observed=f"{doc.doc_id}: attempts {attempts}", expected="attempts 1, 2, ... M of one embed_document",
-                revisit=REVISIT_RETRIES)
-        if fallback and fallback[0].id < primary[-1].id:
+        if fallback and primary and fallback[0].id < primary[-1].id:
             raise CheckFailed(
                 "The fallback model was asked before the primary's retries were used up",
                 observed=f"{doc.doc_id}: a fallback request came before primary attempt {attempt_of(primary[-1])}",
