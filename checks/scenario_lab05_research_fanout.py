@@ -29,15 +29,19 @@ report tallies these; a page given up for any other reason is a violation.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import TimeoutType
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.converter import DataConverter
 
 from labkit import course, prefork
+from labkit import history as hist
 from labkit.pytest_plugin import Services
 from labkit.services import CourseLLM, TemporalServer
 from labkit.sweep import LogicalCall, Violation
@@ -63,6 +67,119 @@ EXPECTED_POLICY = {
 def slug_of(url: str) -> str:
     """The corpus page a course-web URL names (its last path segment, without a query)."""
     return str(url).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- reading the history ---------------------------------------------------------------------------
+
+def _decode(payloads) -> list[Any]:
+    converter = DataConverter.default.payload_converter
+    try:
+        return list(converter.from_payloads(list(payloads)))
+    except Exception:
+        return []
+
+
+def failure_kind(failure) -> str:
+    """"heartbeat timeout", "start-to-close timeout", an application error's type, or "error"."""
+    if failure is None:
+        return ""
+    if failure.HasField("timeout_failure_info"):
+        name = TimeoutType.Name(failure.timeout_failure_info.timeout_type).removeprefix("TIMEOUT_TYPE_")
+        return name.lower().replace("_", "-") + " timeout"
+    if failure.HasField("application_failure_info"):
+        return failure.application_failure_info.type or "error"
+    if failure.HasField("canceled_failure_info"):
+        return "canceled"
+    return "error"
+
+
+@dataclass
+class Act:
+    """One scheduled activity: its input, its last attempt, and how the attempt before it ended."""
+
+    activity_id: str
+    name: str
+    args: list[Any]
+    scheduled_at: datetime
+    retry_policy: dict[str, float]
+    start_to_close_s: float | None
+    heartbeat_s: float | None
+    attempt: int = 0
+    identity: str = ""
+    started_at: datetime | None = None
+    closed_at: datetime | None = None
+    outcome: str = "pending"  # completed | failed | timed_out | canceled | pending
+    failure: str = ""
+    failure_kind: str = ""
+    previous_failure: str = ""  # the attempt before the last one (history keeps only the last)
+    previous_kind: str = ""
+    previous_heartbeat: bool = False  # that attempt had heartbeat before it timed out (its last details)
+    non_retryable: bool = False  # the last failure was raised as non-retryable
+
+    @property
+    def pages(self) -> list[str]:
+        """The URL(s) it was asked to download: one, unless its input was a list."""
+        if not self.args:
+            return []
+        first = self.args[0]
+        return [str(u) for u in first] if isinstance(first, list) else [str(first)]
+
+    @property
+    def url(self) -> str:
+        return self.pages[0] if self.pages else ""
+
+    @property
+    def slug(self) -> str:
+        return self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def seconds(self) -> float:
+        return (self.closed_at - self.started_at).total_seconds() if self.started_at and self.closed_at else 0.0
+
+
+def _seconds(duration) -> float | None:
+    return duration.ToTimedelta().total_seconds() or None
+
+
+def activities(history: WorkflowHistory) -> list[Act]:
+    found: dict[int, Act] = {}
+    for event in history.events:
+        kind = hist.kind(event)
+        at = event.event_time.ToDatetime(tzinfo=timezone.utc)
+        if kind == "ACTIVITY_TASK_SCHEDULED":
+            attrs = event.activity_task_scheduled_event_attributes
+            policy = attrs.retry_policy
+            found[event.event_id] = Act(
+                activity_id=attrs.activity_id, name=attrs.activity_type.name, args=_decode(attrs.input.payloads),
+                scheduled_at=at,
+                retry_policy={"maximum_attempts": policy.maximum_attempts,
+                              "initial_interval_s": policy.initial_interval.ToTimedelta().total_seconds(),
+                              "backoff_coefficient": policy.backoff_coefficient},
+                start_to_close_s=_seconds(attrs.start_to_close_timeout), heartbeat_s=_seconds(attrs.heartbeat_timeout))
+        elif kind == "ACTIVITY_TASK_STARTED":
+            attrs = event.activity_task_started_event_attributes
+            act = found[attrs.scheduled_event_id]
+            act.attempt, act.identity, act.started_at = attrs.attempt, attrs.identity, at
+            if attrs.HasField("last_failure"):
+                act.previous_failure = attrs.last_failure.message
+                act.previous_kind = failure_kind(attrs.last_failure)
+                if attrs.last_failure.HasField("timeout_failure_info"):
+                    details = attrs.last_failure.timeout_failure_info.last_heartbeat_details
+                    act.previous_heartbeat = bool(details.payloads)
+        elif kind in ("ACTIVITY_TASK_COMPLETED", "ACTIVITY_TASK_FAILED", "ACTIVITY_TASK_TIMED_OUT",
+                      "ACTIVITY_TASK_CANCELED"):
+            attrs = getattr(event, kind.lower() + "_event_attributes")
+            act = found[attrs.scheduled_event_id]
+            act.closed_at, act.outcome = at, kind.removeprefix("ACTIVITY_TASK_").lower()
+            if kind != "ACTIVITY_TASK_COMPLETED" and attrs.HasField("failure"):
+                act.failure, act.failure_kind = attrs.failure.message, failure_kind(attrs.failure)
+                if attrs.failure.HasField("application_failure_info"):
+                    act.non_retryable = attrs.failure.application_failure_info.non_retryable
+                if attrs.failure.HasField("cause") and not act.failure_kind.endswith("timeout"):
+                    act.failure_kind = failure_kind(attrs.failure.cause) or act.failure_kind
+                    if attrs.failure.cause.HasField("application_failure_info"):
+                        act.non_retryable = attrs.failure.cause.application_failure_info.non_retryable
+    return list(found.values())
 
 
 # --- the sweep -----------------------------------------------------------------------------------
@@ -167,29 +284,13 @@ class Sweep(WorkerScenario):
 
     async def _extracts(self, handle: WorkflowHandle) -> dict[str, str]:
         """activity id: url, of every extract_content the history schedules."""
-        found = {}
-        for event in (await handle.fetch_history()).events:
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                attrs = event.activity_task_scheduled_event_attributes
-                if attrs.activity_type.name == "extract_content" and attrs.input.payloads:
-                    found[attrs.activity_id] = json.loads(attrs.input.payloads[0].data)
-        return found
+        return {act.activity_id: act.url for act in activities(await handle.fetch_history())
+                if act.name == "extract_content" and act.args}
 
     async def _activities(self, handle: WorkflowHandle) -> list[tuple[str, str, str]]:
         """(activity name, its first argument, outcome) per scheduled activity, from the history."""
-        scheduled, outcome = {}, {}
-        for event in (await handle.fetch_history()).events:
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                attrs = event.activity_task_scheduled_event_attributes
-                payloads = attrs.input.payloads
-                argument = json.loads(payloads[0].data) if payloads else None
-                scheduled[event.event_id] = (attrs.activity_type.name, argument)
-            for kind in ("completed", "failed", "timed_out", "canceled"):
-                name = f"activity_task_{kind}_event_attributes"
-                if event.HasField(name):
-                    outcome[getattr(event, name).scheduled_event_id] = kind
-        return [(name, argument if isinstance(argument, str) else "", outcome.get(event_id, "pending"))
-                for event_id, (name, argument) in scheduled.items()]
+        return [(act.name, act.args[0] if act.args and isinstance(act.args[0], str) else "", act.outcome)
+                for act in activities(await handle.fetch_history())]
 
     async def recorded(self) -> set[str]:
         found = set()

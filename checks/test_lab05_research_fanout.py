@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.api.enums.v1 import TimeoutType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
-from temporalio.converter import DataConverter
 
 from labkit import course, prefork, proc, temporal
 from labkit import history as hist
@@ -53,7 +51,7 @@ from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
 from labkit.replays import ReplaySet, ReplaySetVerdict
 from labkit.web import DEFAULT_CORPUS, WebEntry, load_corpus, rank
-from scenario_lab05_research_fanout import EXPECTED_POLICY, PRELOAD, slug_of
+from scenario_lab05_research_fanout import EXPECTED_POLICY, PRELOAD, Act, activities, slug_of
 
 LAB = "05"
 PRICES_PER_MILLION = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}  # as in the lab's models.py
@@ -112,119 +110,6 @@ REVISIT_HEARTBEAT = ("A heartbeat says \"still making progress\". Call activity.
 REVISIT_CAP = ("Wrap each page's execute_activity in `async with slots:` where `slots = "
                "asyncio.Semaphore(request.max_parallel)` is created in run(): the cap belongs to the workflow, "
                "and its value to the request (asyncio primitives are deterministic inside a workflow).")
-
-
-# --- reading the history ---------------------------------------------------------------------------
-
-def _decode(payloads) -> list[Any]:
-    converter = DataConverter.default.payload_converter
-    try:
-        return list(converter.from_payloads(list(payloads)))
-    except Exception:
-        return []
-
-
-def failure_kind(failure) -> str:
-    """"heartbeat timeout", "start-to-close timeout", an application error's type, or "error"."""
-    if failure is None:
-        return ""
-    if failure.HasField("timeout_failure_info"):
-        name = TimeoutType.Name(failure.timeout_failure_info.timeout_type).removeprefix("TIMEOUT_TYPE_")
-        return name.lower().replace("_", "-") + " timeout"
-    if failure.HasField("application_failure_info"):
-        return failure.application_failure_info.type or "error"
-    if failure.HasField("canceled_failure_info"):
-        return "canceled"
-    return "error"
-
-
-@dataclass
-class Act:
-    """One scheduled activity: its input, its last attempt, and how the attempt before it ended."""
-
-    activity_id: str
-    name: str
-    args: list[Any]
-    scheduled_at: datetime
-    retry_policy: dict[str, float]
-    start_to_close_s: float | None
-    heartbeat_s: float | None
-    attempt: int = 0
-    identity: str = ""
-    started_at: datetime | None = None
-    closed_at: datetime | None = None
-    outcome: str = "pending"  # completed | failed | timed_out | canceled | pending
-    failure: str = ""
-    failure_kind: str = ""
-    previous_failure: str = ""  # the attempt before the last one (history keeps only the last)
-    previous_kind: str = ""
-    previous_heartbeat: bool = False  # that attempt had heartbeat before it timed out (its last details)
-    non_retryable: bool = False  # the last failure was raised as non-retryable
-
-    @property
-    def pages(self) -> list[str]:
-        """The URL(s) it was asked to download: one, unless its input was a list."""
-        if not self.args:
-            return []
-        first = self.args[0]
-        return [str(u) for u in first] if isinstance(first, list) else [str(first)]
-
-    @property
-    def url(self) -> str:
-        return self.pages[0] if self.pages else ""
-
-    @property
-    def slug(self) -> str:
-        return self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-
-    @property
-    def seconds(self) -> float:
-        return (self.closed_at - self.started_at).total_seconds() if self.started_at and self.closed_at else 0.0
-
-
-def _seconds(duration) -> float | None:
-    return duration.ToTimedelta().total_seconds() or None
-
-
-def activities(history: WorkflowHistory) -> list[Act]:
-    found: dict[int, Act] = {}
-    for event in history.events:
-        kind = hist.kind(event)
-        at = event.event_time.ToDatetime(tzinfo=timezone.utc)
-        if kind == "ACTIVITY_TASK_SCHEDULED":
-            attrs = event.activity_task_scheduled_event_attributes
-            policy = attrs.retry_policy
-            found[event.event_id] = Act(
-                activity_id=attrs.activity_id, name=attrs.activity_type.name, args=_decode(attrs.input.payloads),
-                scheduled_at=at,
-                retry_policy={"maximum_attempts": policy.maximum_attempts,
-                              "initial_interval_s": policy.initial_interval.ToTimedelta().total_seconds(),
-                              "backoff_coefficient": policy.backoff_coefficient},
-                start_to_close_s=_seconds(attrs.start_to_close_timeout), heartbeat_s=_seconds(attrs.heartbeat_timeout))
-        elif kind == "ACTIVITY_TASK_STARTED":
-            attrs = event.activity_task_started_event_attributes
-            act = found[attrs.scheduled_event_id]
-            act.attempt, act.identity, act.started_at = attrs.attempt, attrs.identity, at
-            if attrs.HasField("last_failure"):
-                act.previous_failure = attrs.last_failure.message
-                act.previous_kind = failure_kind(attrs.last_failure)
-                if attrs.last_failure.HasField("timeout_failure_info"):
-                    details = attrs.last_failure.timeout_failure_info.last_heartbeat_details
-                    act.previous_heartbeat = bool(details.payloads)
-        elif kind in ("ACTIVITY_TASK_COMPLETED", "ACTIVITY_TASK_FAILED", "ACTIVITY_TASK_TIMED_OUT",
-                      "ACTIVITY_TASK_CANCELED"):
-            attrs = getattr(event, kind.lower() + "_event_attributes")
-            act = found[attrs.scheduled_event_id]
-            act.closed_at, act.outcome = at, kind.removeprefix("ACTIVITY_TASK_").lower()
-            if kind != "ACTIVITY_TASK_COMPLETED" and attrs.HasField("failure"):
-                act.failure, act.failure_kind = attrs.failure.message, failure_kind(attrs.failure)
-                if attrs.failure.HasField("application_failure_info"):
-                    act.non_retryable = attrs.failure.application_failure_info.non_retryable
-                if attrs.failure.HasField("cause") and not act.failure_kind.endswith("timeout"):
-                    act.failure_kind = failure_kind(attrs.failure.cause) or act.failure_kind
-                    if attrs.failure.cause.HasField("application_failure_info"):
-                        act.non_retryable = attrs.failure.cause.application_failure_info.non_retryable
-    return list(found.values())
 
 
 async def workflow_task_running(handle: WorkflowHandle) -> bool:
