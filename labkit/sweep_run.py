@@ -147,7 +147,7 @@ def print_report(console: Console, lab: course.Lab, report: Report, *, folder: s
     in_flight = report.in_flight + sum(t.in_flight for t in report.ledgers.values())
     repeats = report.at_least_once + sum(t.at_least_once for t in report.ledgers.values())
     console.print(f"\n{report.trials} trial(s), seed {report.seed}: {fired}/{planned} kills fired"
-                  + (f" ({planned - fired} found no live process: your code had already finished)"
+                  + (f" ({planned - fired} found no live process: it had already exited)"
                      if planned > fired else "") + f", {report.wall_s:.0f} s", markup=False)
     console.print(f"at-least-once windows: {in_flight} call(s) caught in flight by a kill, {repeats} repeated after "
                   "the restart (allowed: the result was not recorded yet, so the call is made again)", markup=False)
@@ -161,6 +161,13 @@ def print_report(console: Console, lab: course.Lab, report: Report, *, folder: s
         console.print(f"[green]0 violations[/green]: {fired} SIGKILL(s) at random moments, and every invariant held. "
                       f"Another seed kills elsewhere: lab sweep {lab.id} --seed N.")
         return 0
+    todo = f"TODO(lab{lab.id})"
+    unfinished = next((v for v in report.violations if todo in v.observed), None)
+    if unfinished is not None:  # the starter's NotImplementedError: the sweep has nothing to crash yet
+        what = escape(unfinished.observed.split(todo)[1][:80].strip(": "))
+        console.print(f"[yellow]Your code is not finished yet[/yellow] ({what} "
+                      f"is still a {todo}): `lab check {lab.id}` and `lab hint {lab.id}` first; sweep it once the "
+                      "check passes.")
     by_trial: dict[int, list] = {}
     for violation in report.violations:
         by_trial.setdefault(violation.trial, []).append(violation)

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from labkit import prefork, temporal
-from labkit.harness import WorkerHarness
+from labkit.harness import BENIGN_TASK_FAILURES, WorkerHarness
 
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=3)  # the server's default is 10 s
 STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
@@ -86,10 +86,27 @@ async def results_of(handles: dict[str, WorkflowHandle], feed: asyncio.Task, tim
         try:
             results[workflow_id] = await asyncio.wait_for(handle.result(), max(0.1, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            results[workflow_id] = TimeoutError(f"not finished within {timeout_s:.0f} s of the last restart")
+            failing = await failing_task(handle)
+            results[workflow_id] = TimeoutError(f"not finished within {timeout_s:.0f} s of the last restart"
+                                                + (f"; its workflow task fails: {failing}" if failing else ""))
         except Exception as err:  # the workflow failed: verify() reports it
             results[workflow_id] = err
     return results
+
+
+async def failing_task(handle: WorkflowHandle) -> str | None:
+    """The message of the run's last workflow-task failure that is the workflow code's (a student's
+    exception, a non-determinism error), not the server's housekeeping; None if there is none."""
+    from temporalio.api.enums.v1 import EventType
+
+    with contextlib.suppress(RPCError):
+        history = await handle.fetch_history()
+        for event in reversed(history.events):
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+                attrs = event.workflow_task_failed_event_attributes
+                if attrs.cause not in BENIGN_TASK_FAILURES:
+                    return (attrs.failure.message.splitlines() or [""])[0][:300]
+    return None
 
 
 class ForkedWorkers(WorkerHarness):
