@@ -4,7 +4,7 @@
 - on a known-bad variant: the violation found, with the command that re-runs that trial alone, a picture of
   where the kills landed, and that command finds the violation again;
 - a lab without a scenario says so plainly (exit 2); student code that cannot run gets the check's verdict
-  (exit 1), within the sweep's limits, and leaves no process behind.
+  (exit 1), within the sweep's limits, and leaves no process behind; an unfinished starter is told so.
 Each run is `lab sweep` as a student types it, in a child process whose temp files (and so every process
 it starts: they inherit TMPDIR) live under a folder of the test's own, which is how "nothing left running"
 is read. That folder is a plain temp dir, not pytest's: PostgreSQL's data directory goes under TMPDIR, and
@@ -139,6 +139,19 @@ def test_code_that_cannot_run_gets_a_verdict_and_leaves_nothing_running(temp, va
     assert done.returncode == 1, f"exit status {done.returncode} (observed), expected 1\n{out}{done.stderr}"
     assert "The sweep could not run your code" in out and said in out, f"expected {said!r} in the verdict\n{out}"
     assert not done.stderr.strip(), f"stderr (observed), expected nothing: {done.stderr}"
+    left = still_running(temp)
+    assert not left, f"processes still running after the sweep (observed), expected none: {left}"
+
+
+@pytest.mark.timeout(HANG_LIMIT_S + 60)
+def test_an_unfinished_starter_is_told_to_pass_the_check_first(temp):
+    """Given Lab 03's starter (its savers still raise NotImplementedError("TODO(lab03): ..."),
+    When `lab sweep 03` runs on it,
+    Then it says the code is not finished yet, names the TODO, and points to lab check and lab hint (exit 1)."""
+    done = lab_sweep(temp, "03", "--trials", "1", "--kills", "1", "--seed", str(SEED), "--subjects", "2")
+    out = done.stdout
+    assert done.returncode == 1, f"exit status {done.returncode} (observed), expected 1\n{out}{done.stderr}"
+    assert "Your code is not finished yet" in out and "is still a TODO(lab03)" in out and "lab check 03" in out, out
     left = still_running(temp)
     assert not left, f"processes still running after the sweep (observed), expected none: {left}"
 
