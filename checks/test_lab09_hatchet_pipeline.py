@@ -524,9 +524,8 @@ def attempts_from_engine(doc: Doc, record: dict, order: list[str], keys: dict) -
             retry_count = event.get("retry_count")
             retry_count = index if retry_count is None else retry_count
             replay = task == "store" and any(a.ok for a in run.of("store"))
-            key = len(keys) + 1
-            if not replay:
-                keys[(run_id, task, retry_count)] = key
+            key = len(keys) + 1  # a replay is keyed apart: it may carry the retry_count of the first run
+            keys[(run_id, task, retry_count, "replay") if replay else (run_id, task, retry_count)] = key
             ok = status_of(event.get("event_type")) == "FINISHED"
             output = None
             if ok:

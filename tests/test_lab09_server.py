@@ -128,6 +128,27 @@ def check():
     return module
 
 
+@pytest.fixture(scope="module")
+def server_check():
+    """The check module as `lab check 09 --server URL` loads it (LAB_SERVER_URL set while it imports)."""
+    path = REPO / "checks" / "test_lab09_hatchet_pipeline.py"
+    spec = importlib.util.spec_from_file_location("lab09_check_server_mode", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    saved = os.environ.get("LAB_SERVER_URL")
+    os.environ["LAB_SERVER_URL"] = "http://127.0.0.1:8889"
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            os.environ.pop("LAB_SERVER_URL", None)
+        else:
+            os.environ["LAB_SERVER_URL"] = saved
+    return module
+
+
 def test_the_probe_tries_the_grpc_address_the_token_names(check):
     """Given the REST API listening and the token's gRPC address not, Then the verdict names the gRPC endpoint."""
     with socket.socket() as rest:
@@ -239,3 +260,95 @@ def test_failures_marked_only_as_retrying_still_count_as_failed_attempts(check):
             event["event_type"] = "RETRYING"
     run = check.attempts_from_engine(doc, record, list(check.TASKS), {})
     assert [(a.retry_count, a.ok) for a in run.of("classify")] == [(0, False), (1, False), (2, True)]
+
+
+# --- the whole server-mode evidence, as an engine running the reference solution would leave it ----------
+
+TASKS_DECLARED = {"extract": {"readable_id": "extract", "retries": 3},
+                  "embed": {"readable_id": "embed", "parents": ["extract"]},
+                  "classify": {"readable_id": "classify", "parents": ["extract", "embed"], "retries": 3},
+                  "store": {"readable_id": "store", "parents": ["extract", "embed", "classify"], "retries": 3}}
+
+
+def engine_evidence(check, redo_extract_in_classify: bool = False):
+    """A Scenario built the way run_on_server builds it, from engine records and a ledger shaped as a correct
+    workflow on a real engine would leave them (every attempt in one worker pid, told apart by the Hatchet
+    origin). With redo_extract_in_classify, classify's attempts also send extract's prompt (a known mistake)."""
+    import random
+
+    models = check.course_models()
+    docs = check.make_docs(random.Random(5), models.LABELS, 3)
+    scenario = check.Scenario(tasks=TASKS_DECLARED, order=list(check.TASKS), dims=models.EMBED_DIMS)
+    scenario.embed_text = lambda text: models.embed_text(text, scenario.dims)
+    ledger, rows, keys = [], [], {}
+    clock = iter(range(10_000))
+
+    def request(run_id, task, retry, messages, status):
+        ledger.append(SimpleNamespace(prompt="\n".join(m["content"] for m in messages), status=status,
+                                      ok=status == 200, origin={"pid": 4242, "hatchet": {
+                                          "task": task, "retry_count": retry, "workflow_run_id": run_id}}))
+
+    for doc in docs:
+        run_id = f"run-{doc.role}"
+        events = []
+
+        def event(task, kind, retry, **extra):
+            events.append({"id": next(clock), "timestamp": None, "event_type": kind, "task_display_name": task,
+                           "retry_count": retry, "message": "", **extra})
+
+        document = models.Document(**doc.input())
+        for retry in range(doc.extract_429 + 1):
+            failing = retry < doc.extract_429
+            request(run_id, "extract", retry, models.extract_messages(document), 429 if failing else 200)
+            event("extract", "FAILED" if failing else "FINISHED", retry, error_message="RateLimitError: 429"
+                  if failing else None, output=None if failing else json.dumps(
+                      {"doc_id": doc.doc_id, "facts": doc.facts, "words": 2}))
+        vector = scenario.embed_text(doc.facts)
+        event("embed", "FINISHED", 0, output=json.dumps({"doc_id": doc.doc_id, "vector": vector}))
+        tries = 4 if doc.classify_429 > 3 else doc.classify_429 + 1  # retries=3: 4 attempts at most
+        for retry in range(tries):
+            failing = retry < doc.classify_429
+            if redo_extract_in_classify:
+                request(run_id, "classify", retry, models.extract_messages(document), 200)
+            request(run_id, "classify", retry, models.classify_messages(doc.doc_id, doc.facts, vector),
+                    429 if failing else 200)
+            event("classify", "FAILED" if failing else "FINISHED", retry,
+                  error_message="RateLimitError: Error code: 429" if failing else None,
+                  output=None if failing else json.dumps({"doc_id": doc.doc_id, "label": doc.label}))
+        if doc.classify_429 <= 3:
+            stored = {"doc_id": doc.doc_id, "row_id": len(rows) + 1, "created": True}
+            event("store", "FINISHED", 0, output=json.dumps(stored))
+            if doc.role == "plain":  # the replay
+                event("store", "FINISHED", 0, output=json.dumps({**stored, "created": False}))
+            rows.append((len(rows) + 1, doc.doc_id, doc.provider, doc.title, doc.facts, doc.label, json.dumps(vector)))
+        record = {"workflow_run_id": run_id, "details": {"tasks": [], "task_events": events}}
+        scenario.runs[doc.role] = check.attempts_from_engine(doc, record, scenario.order, keys)
+    check.tie_ledger_to_attempts(ledger, keys)
+    scenario.ledger, scenario.rows, scenario.attempt_keys = ledger, rows, keys
+    return scenario
+
+
+CHECKS = ("test_the_workflow_declares_the_four_tasks_as_a_dag", "test_each_task_is_built_from_its_parents_outputs",
+          "test_a_429_fails_the_attempt_and_hatchet_retries_the_task",
+          "test_a_retried_task_does_not_redo_its_parents_llm_calls", "test_a_429_that_outlasts_the_retries_fails_the_run",
+          "test_store_run_twice_leaves_one_row_per_document")
+
+
+def test_server_shaped_evidence_of_a_correct_workflow_passes_the_same_checks(server_check):
+    """Given the evidence an engine would leave for the reference solution (attempts from task events, the ledger
+    tied by the Hatchet origin, the rows), When the check's own functions judge it, Then every one passes."""
+    scenario = engine_evidence(server_check)
+    for name in CHECKS:
+        evidence: dict = {}
+        getattr(server_check, name)(scenario, evidence)
+        assert evidence["engine"] == "Hatchet engine at http://127.0.0.1:8889", (name, evidence)
+
+
+def test_server_shaped_evidence_names_a_task_that_redoes_its_parents_call(server_check):
+    """Given classify's attempts also sending extract's prompt (same worker pid: only the Hatchet origin tells
+    them apart), Then earlier-calls-once fails naming classify as the sender of extract's prompt."""
+    scenario = engine_evidence(server_check, redo_extract_in_classify=True)
+    with pytest.raises(server_check.CheckFailed) as failure:
+        server_check.test_a_retried_task_does_not_redo_its_parents_llm_calls(scenario, {})
+    assert "sent extract's prompt" in failure.value.summary and "classify of" in failure.value.summary
+    assert "Hatchet engine" in failure.value.details
