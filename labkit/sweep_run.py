@@ -105,15 +105,20 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
 
     saved = {name: os.environ.pop(name) for name in SERVERS_OF_THE_CHECK if name in os.environ}
     started = time.monotonic()
+    guard: list[asyncio.Timeout] = []  # the hang guard, to tell its expiry from a scenario's own TimeoutError
+
+    async def guarded(scenario) -> Report:
+        async with asyncio.timeout(limit) as deadline:
+            guard.append(deadline)
+            return await run_sweep(scenario, seed=seed, trials=trials, kills=kills, command=same, log=log,
+                                   only_trial=trial - 1 if trial is not None else None, on_trial=on_trial)
     try:
         with tempfile.TemporaryDirectory(prefix=f"lab-sweep{lab.id}-") as tmp:
             limits.allow_writes_under(tmp)
             try:
                 scenario = load_scenario(lab, workdir=Path(tmp), path=target,
                                          **({"subjects": subjects} if subjects is not None else {}))
-                report = run_sync(asyncio.wait_for(
-                    run_sweep(scenario, seed=seed, trials=trials, kills=kills, command=same, log=log,
-                              only_trial=trial - 1 if trial is not None else None, on_trial=on_trial), limit))
+                report = run_sync(guarded(scenario))
             finally:
                 limits.allow_writes_anywhere()
                 proc.reap_all()  # whatever a failed or interrupted sweep left running
@@ -122,7 +127,11 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
                       f"{lab.id}` says more about it:")
         console.print(err.render(), markup=False)
         return 1
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError as err:
+        if not (guard and guard[0].expired()):  # a wait inside the scenario gave up: say which
+            console.print(f"[red]The sweep stopped[/red] after {time.monotonic() - started:.0f} s: a wait gave up: "
+                          f"{escape(str(err)[:500]) or 'TimeoutError'}")
+            return 1
         console.print(f"[red]The sweep did not finish within {limit:.0f} s[/red] (its hang guard): a trial was still "
                       "waiting for your code, which made no progress. `lab check "
                       f"{lab.id}` names the step that hangs. Every process it started was stopped.")
