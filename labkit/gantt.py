@@ -39,9 +39,10 @@ def rows(entries: Iterable[WebEntry]) -> list[tuple[str, WebEntry]]:
 
 def svg(entries: Iterable[WebEntry], *, marks: Sequence[tuple[float | datetime, str]] = (), title: str = "",
         now: float | None = None, width: int = 860,
-        legend: Sequence[tuple[str, str]] = LEGEND) -> str:
+        legend: Sequence[tuple[str, str]] = LEGEND, words: bool = False) -> str:
     """A self-contained SVG: a bar per fetch (colour = how it ended), a vertical line per mark.
-    `legend`: (outcome, what it means here) pairs, for bars that are not page downloads (labkit.sweep)."""
+    `legend`: (outcome, what it means here) pairs, for bars that are not page downloads (labkit.sweep);
+    `words`: each bar's tooltip says its outcome in the legend's words, without the download's bytes."""
     found = rows(entries)
     if not found:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="30"><text x="8" y="20" ' \
@@ -74,7 +75,8 @@ def svg(entries: Iterable[WebEntry], *, marks: Sequence[tuple[float | datetime, 
         end = entry.finished_at or now or t1
         colour = COLOURS.get(entry.outcome, "#6b7280")
         out.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{escape(label)}</text>')
-        tip = (f"{entry.slug}: {entry.outcome}, {entry.bytes} bytes, {end - entry.at:.2f} s"
+        tip = (f"{entry.slug}: {dict(legend).get(entry.outcome, entry.outcome)}, {end - entry.at:.2f} s" if words else
+               f"{entry.slug}: {entry.outcome}, {entry.bytes} bytes, {end - entry.at:.2f} s"
                + (f", HTTP {entry.status}" if entry.status != 200 else ""))
         out.append(f'<rect x="{x(entry.at):.1f}" y="{y + 4}" width="{max(x(end) - x(entry.at), 2):.1f}" '
                    f'height="{row_h - 8}" rx="2" fill="{colour}"><title>{escape(tip)}</title></rect>')

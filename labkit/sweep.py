@@ -269,7 +269,7 @@ def picture(calls: Sequence[LogicalCall], kills: Sequence[Kill], *, reply_s: flo
                                     query=None, status=status, fault=None, bytes=0, finished_at=at + reply_s,
                                     outcome="failed" if status != 200 else "disconnected" if cut else "complete"))
     marks = [(k.at, f"kill {k.index + 1}") for k in fired]
-    return svg(entries, marks=marks, title=title, legend=PICTURE_LEGEND)
+    return svg(entries, marks=marks, title=title, legend=PICTURE_LEGEND, words=True)
 
 
 def _common_prefix(keys: Sequence[str]) -> str:

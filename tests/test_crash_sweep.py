@@ -188,6 +188,7 @@ def test_one_trial_reruns_alone_with_its_own_kill_moments_and_the_first_violatio
     assert lines[1].startswith("trial 2/3: 2/2 kills fired") and "1 violation(s)" in lines[1], lines
     assert (report.picture_trial, "<svg" in report.picture, "kill 2" in report.picture) == (1, True, True), \
         f"observed picture of trial {report.picture_trial}; expected trial index 1, with both kills drawn"
+    assert "t1/call: in flight when a kill landed" in report.picture, "the calls the kills caught are not marked"
     assert report.violations[0].line().startswith("trial 2 t1: made-up violation"), report.violations[0].line()
 
     again = MadeUpScenario(broken={1})
