@@ -14,6 +14,9 @@ Completions, a scripted tool call) and the notification sink (the team chat):
   And session A asks again (same process), session C asks a question whose post is held while
     C asks again, D asks, and C's history is read; then the service is stopped, started again on
     another host, and A asks a third time;
+  And a second crash at another moment: session B asks a question whose post the sink holds (the
+    chat has it, its answer is held), the service is SIGKILLed then, and a new one on another host
+    retries B's ask, post included (its result never reached the journal);
   Then each check below reads its evidence from outside the student's process: the course LLM's
     ledger (each request, and the pid and program that sent it: labkit.attribution), the sink's
     attempts and deliveries, and restate-server's own introspection (the admin SQL API:
@@ -60,6 +63,11 @@ REVISIT_STATE = ("A virtual object's state lives in restate-server, not in your 
 REVISIT_SHARED = ("Declare history with `@chat_session.handler(kind=\"shared\")` and an ObjectSharedContext: "
                   "a shared handler only reads state, so Restate runs it beside the running ask instead of "
                   "queueing it behind (an exclusive handler waits for the object's lock).")
+REVISIT_KEY = ("A step that was running when the service died runs again on the retry: its result is not in the "
+               "journal. The chat delivers each Idempotency-Key once, so the key must be the same on every attempt "
+               "of one tool call: derive it from what the journal replays, the invocation id (ctx.request().id) "
+               "and the model's call id, or ctx.uuid() (Restate seeds it per invocation). uuid.uuid4() or the "
+               "clock, called in the handler, give every attempt a new key.")
 REVISIT_DETERMINISM = ("On a retry Restate replays the journal: the handler must make the same ctx.* calls in the "
                        "same order with the same names. A step named from the clock, a random number or a uuid "
                        "does not match its journal entry, and the invocation can never finish.")
@@ -91,13 +99,14 @@ class Ask:
 
 def make_asks() -> dict[str, Ask]:
     words = random.Random().sample(["parcel", "refund", "invoice", "voucher", "return", "delivery", "size",
-                                    "colour", "warranty", "account"], 6)
-    channels = random.Random().sample(["#support", "#refunds", "#warehouse", "#billing", "#escalations"], 2)
-    sessions = {s: f"{s.lower()}-{nonce()}" for s in "ACD"}
+                                    "colour", "warranty", "account"], 7)
+    channels = random.Random().sample(["#support", "#refunds", "#warehouse", "#billing", "#escalations"], 3)
+    sessions = {s: f"{s.lower()}-{nonce()}" for s in "ACDB"}
     asks = {}
     for name, session, word, post in (("A1", "A", words[0], channels[0]), ("A2", "A", words[1], None),
                                       ("C1", "C", words[2], channels[1]), ("C2", "C", words[3], None),
-                                      ("D1", "D", words[4], None), ("A3", "A", words[5], None)):
+                                      ("D1", "D", words[4], None), ("A3", "A", words[5], None),
+                                      ("B1", "B", words[6], channels[2])):
         marker = nonce()
         asks[name] = Ask(
             name, sessions[session], f"Question about my {word}, ref {marker}",
@@ -141,9 +150,9 @@ class Scenario:
         raise NotChecked(f"not checked: the scenario stopped before it could observe this ({self.failure.summary})")
 
 
-PHASES = ["start", "crash", "memory", "single-writer", "restart", "done"]
+PHASES = ["start", "crash", "memory", "single-writer", "restart", "post-retry", "done"]
 PHASE_OWNER = {"start": "crash-resume", "crash": "crash-resume", "memory": "conversation-in-state",
-               "single-writer": "single-writer", "restart": "conversation-in-state"}
+               "single-writer": "single-writer", "restart": "conversation-in-state", "post-retry": "tool-journaled"}
 
 
 def short_failure(failure: str) -> str:
@@ -343,6 +352,20 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
     history_a.invocation = h.server.send(SERVICE, a1.session, "history")
     h.wait("A's history to answer", lambda: h.status(history_a) == "completed", history_a, third)
     s.history_a = h.server.output(history_a.invocation)
+
+    # --- a second crash, at another moment: while the chat holds B1's post (received, its answer held)
+    s.phase = "post-retry"
+    b1 = s.asks["B1"]
+    hold = h.sink.hold(caller=h.token, channel=b1.post["channel"], times=1, release_after_s=2 * HANG_S)
+    b1.invocation = h.server.send(SERVICE, b1.session, "ask", b1.question)
+    h.wait("B1's post to the team chat (held by the sink)",
+           lambda: any(a.held and a.channel == b1.post["channel"] for a in h.sink.attempts(caller=h.token))
+           or not h.not_finished(b1, "posting to the team chat"), b1, third)
+    third.kill()
+    h.sink.release(hold)  # the retried post is answered at once
+    fourth = h.start_service()  # another host again: restate-server retries B1 there, the post included
+    h.wait("B1's ask to complete on the restarted service", lambda: h.status(b1) == "completed", b1, fourth)
+    b1.answer = h.server.output(b1.invocation)
     s.phase = "done"
 
 
@@ -435,7 +458,10 @@ def test_finished_model_calls_are_not_repeated(scenario: Scenario, evidence):
 @pytest.mark.check("tool-journaled")
 def test_the_post_is_delivered_once(scenario: Scenario, evidence):
     """Given A1's post to the team chat finished (journaled) before the kill,
-    Then the sink recorded one attempt and one delivery for it, with the model's channel and text."""
+    Then the sink recorded one attempt and one delivery for it, with the model's channel and text;
+    And given B1's post received by the chat, its answer held, when the service was SIGKILLed,
+    Then the retry on a new service posted it again with the same Idempotency-Key, and the chat
+    delivered it once."""
     scenario.requires("tool-journaled", "crash")
     a1 = scenario.asks["A1"]
     attempts = [a for a in scenario.attempts if a.channel == a1.post["channel"]]
@@ -453,6 +479,29 @@ def test_the_post_is_delivered_once(scenario: Scenario, evidence):
                           observed=f"deliveries: {[(d.channel, d.text) for d in deliveries]}",
                           expected=f"one post to {a1.post['channel']}: {a1.post['text']!r}",
                           revisit="Run each tool call the model's message holds (tools.run_tool).")
+    scenario.requires("tool-journaled", "post-retry")
+    b1 = scenario.asks["B1"]
+    posts = [a for a in scenario.attempts if a.channel == b1.post["channel"]]
+    delivered = [d for d in scenario.deliveries if d.channel == b1.post["channel"]]
+    keys = list(dict.fromkeys(a.key for a in posts))
+    evidence.update(retried_post_attempts=len(posts), retried_post_keys=len(keys), retried_post_deliveries=len(delivered))
+    if len(delivered) != 1 or len(keys) != 1:
+        first_turn = [e for e in scenario.entries(b1) if e.turn == 0]
+        if len(first_turn) > 1:  # the model was asked again, and its new call id made a new key
+            raise CheckFailed(
+                "After the crash during B1's post, the model call before it was made again, and the post went "
+                "out twice",
+                observed=f"{len(first_turn)} requests for B1's first model turn; {len(posts)} posts to "
+                         f"{b1.post['channel']} under {len(keys)} key(s), {len(delivered)} delivered",
+                expected="the model call replayed from the journal, so the retried post carries the same key",
+                revisit=REVISIT_JOURNAL)
+        raise CheckFailed(
+            "B1's post, retried after the crash, went out under a new Idempotency-Key: the team chat delivered "
+            f"it {len(delivered)} times" if len(keys) > 1 else "The team chat did not get B1's post exactly once",
+            observed=f"{len(posts)} posts to {b1.post['channel']} (the one the kill interrupted, then the retry's), "
+                     f"keys {keys}, {len(delivered)} delivered",
+            expected="the retry posts again (the step never finished) with the interrupted post's key, and the chat "
+                     "delivers it once", revisit=REVISIT_KEY)
 
 
 @pytest.mark.check("journal-confirms")

@@ -26,6 +26,9 @@ VARIANTS = [
         "llm-journaled": ("The model call that had finished before the crash was made again after the restart",
                           "2 requests for A1's first model turn", "not every await"),
         "journal-confirms": ("does not show the three steps as ctx.run entries", "Run entries: ['tool post_message']"),
+        # the second kill (B1's post held): the model is asked again, its new call id makes a new key
+        "tool-journaled": ("the model call before it was made again, and the post went out twice",
+                           "requests for B1's first model turn", "not every await"),
     }),
     Variant("tool_outside_run", changed=("chat.py",), fails={
         "tool-journaled": ("The post to the team chat ran again after the restart", "2 posts to",
@@ -53,10 +56,12 @@ VARIANTS = [
         "crash-resume": ("A1's ask cannot finish: its retry does not match its journal", "Journal mismatch",
                          "named from the clock"),
     }),
-    # Passes every check, on purpose: the check's one kill lands after the post was journaled, so no
-    # attempt of the post is ever retried there. The crash sweep's kills land on the post itself and
-    # find two deliveries ("why one kill is not a proof": tests/variants/lab07/README.md, the lab's README).
-    Variant("uuid_key", changed=("chat.py",), sweep_finds=True),
+    # Found first by the crash sweep (seed 2026): the check's first kill lands after the post was journaled,
+    # so the check now also kills while the chat holds B1's post ("why one kill is not a proof": the README).
+    Variant("uuid_key", changed=("chat.py",), fails={
+        "tool-journaled": ("B1's post, retried after the crash, went out under a new Idempotency-Key",
+                           "2 delivered", "the key must be the same on every attempt of one tool call"),
+    }),
     Variant("good_helpers"),
     Variant("good_run_api"),
 ]
