@@ -6,6 +6,9 @@ SQLite file) and LLM key:
   pg      run --crash-after transform (sys.exit(1)) -> resume -> resume again
   kill    run --crash-after transform --crash-with kill (SIGKILL) -> resume
   sqlite  run --crash-after transform --sqlite FILE -> resume            (part 2)
+  early   run --crash-after fetch -> resume   (a resume with two nodes to run: each must be saved as
+          it finishes; the crash sweep found a resume that saves only when it returns, which the
+          one-node resumes above cannot tell apart: tests/variants/lab03/resume_durability_exit)
 After every process the grader gathers its evidence from outside the student's code:
 the course LLM's ledger (which node called the LLM, in which process), the
 checkpointer's own list() on a fresh connection, and plain SQL on the checkpoint tables.
@@ -262,6 +265,7 @@ class Scenario:
     pg: Chain
     kill: Chain
     sqlite: Chain
+    early: Chain | None = None  # the run dies after fetch: its resume runs transform and report
     seconds: float = 0.0  # the whole scenario
     services_s: float = 0.0  # PostgreSQL, the course LLM and the fork server ready
     failure: CheckFailed | None = None
@@ -296,6 +300,8 @@ def scenario(postgres, course_llm, lab_target, tmp_path_factory) -> Scenario:
                    [("run", crash + ["--crash-with", "kill"], {-9}), ("resume", ["resume"], {0})]),
         sqlite=Chain("sqlite", "sqlite", f"report-sqlite-{key}", f"lab-03sqlite-{key}",
                      str(workdir / "checkpoints.sqlite"), [("run", crash, {1}), ("resume", ["resume"], {0})]),
+        early=Chain("early", "postgres", f"report-early-{key}", f"lab-03early-{key}", "",
+                    [("run", ["run", "--crash-after", "fetch"], {1}), ("resume", ["resume"], {0})]),
     )
     forks = prefork.ForkServer(workdir, PRELOAD, env=lab_target.python_env()) if prefork.enabled() else None
     try:
@@ -304,6 +310,7 @@ def scenario(postgres, course_llm, lab_target, tmp_path_factory) -> Scenario:
             forks.launch()
         chains.pg.location = postgres.create_database(f"lab03_{key}_pg")
         chains.kill.location = postgres.create_database(f"lab03_{key}_kill")
+        chains.early.location = postgres.create_database(f"lab03_{key}_early")
         course_llm.wait_ready()
         if forks:
             try:
@@ -312,7 +319,7 @@ def scenario(postgres, course_llm, lab_target, tmp_path_factory) -> Scenario:
                 forks.stop()
                 forks = None
         chains.services_s = time.monotonic() - started
-        Harness(lab_target, course_llm, workdir, forks).run([chains.pg, chains.kill, chains.sqlite])
+        Harness(lab_target, course_llm, workdir, forks).run([chains.pg, chains.kill, chains.sqlite, chains.early])
     except CheckFailed as failure:
         chains.failure = failure
     except Exception as err:  # a service that would not start
@@ -705,7 +712,8 @@ def attribution_failure(snaps: list[Snapshot]) -> CheckFailed | None:
 def test_five_checkpoints_in_order_after_the_resume(scenario, evidence):
     """Given the resumed run,
     Then the thread has exactly 5 checkpoints, steps -1, 0, 1, 2, 3 in order, with increasing
-    ids, each the parent of the next, and the first four are the ones saved before the crash."""
+    ids, each the parent of the next, and the first four are the ones saved before the crash;
+    and a run that died after fetch, once resumed (transform and report), holds the same 5."""
     scenario.require()
     require_crash(scenario.pg, "exit")
     run, resume = scenario.pg.snap("run"), scenario.pg.snap("resume")
@@ -722,6 +730,36 @@ def test_five_checkpoints_in_order_after_the_resume(scenario, evidence):
                           observed=f"before: {before}; after: {[c.id for c in resume.library]}",
                           expected="the same 4 checkpoints, then one more (step 3, after report)",
                           revisit=REVISIT_RESUME)
+    failure = longer_resume_failure(scenario.early)
+    if failure:
+        raise failure
+
+
+def longer_resume_failure(chain: Chain) -> CheckFailed | None:
+    """A run that died after fetch leaves 3 checkpoints; its resume runs transform and report, and the
+    finished thread holds all 5: transform's saved before report started, as the run's were."""
+    run = chain.snaps.get("run")
+    resume = chain.snaps.get("resume")
+    if run is None or run.crash is None or run.crash[1] != "fetch" or run.exit_code != 1:
+        return process_failed(run, "the run that should die after fetch", "exit status 1 right after fetch") \
+            if run is not None else CheckFailed(f"The run that should die after fetch never ran ({chain.stopped})")
+    if resume is None or resume.exit_code != 0:
+        return process_failed(resume, "the resume of the run that died after fetch", "exit status 0") \
+            if resume is not None else CheckFailed(f"The resume after fetch never ran ({chain.stopped})")
+    if resume.shapes() == EXPECTED_FINISHED:
+        return None
+    kept_last_only = [(-1, "input"), (0, "loop"), (1, "loop"), (3, "loop")]
+    if resume.shapes() == kept_last_only:
+        return CheckFailed(
+            "The resume that ran transform and report saved only its last checkpoint",
+            observed=f"the run died after fetch with {run.describe()}; after the resume: {resume.describe()} "
+                     "(no step 2, transform's)",
+            expected="5 checkpoints, steps -1..3: the resume saves transform's step before report starts",
+            revisit="A resume runs the rest of the thread, and a crash during it must find every node it finished "
+                    "saved. Pass the run's durability to the resume's invoke too (durability=DURABILITY, \"sync\"): "
+                    "with \"exit\" a resume saves only when it returns, so a crash in report would lose transform "
+                    "(a resume with report alone left hides it). " + REVISIT_DURABILITY)
+    return count_failure(resume, EXPECTED_FINISHED, "after the resume of a run that died after fetch", chain)
 
 
 @pytest.mark.check("resume-again-noop")

@@ -6,8 +6,7 @@
 - each known-bad variant (tests/variants/lab03/<name>: the solution with ONE bug, marked
   BUG(<name>)) fails the checks that own the bug, with their teaching message; the checks
   listed as blocked say "not checked"; every other check passes;
-- the differently shaped correct variant passes everything, and so does the one known-bad variant only a
-  crash sweep finds (`resume_durability_exit`: its README row gives the `lab sweep` that does);
+- the differently shaped correct variant passes everything;
 - every run gives a verdict and leaves no process behind (no wall-clock budget: issue 13).
 
 The starter and the TODO markers: tests/test_course_selftest.py. How a run works:
@@ -110,8 +109,11 @@ VARIANTS = [
         "sigkill-sync": ("step 3 (update)", "update_state wrote into the thread"),
         "sqlite-part": ("step 3 (update)",),
     }),
-    # passes every check (the check's resumes run report only), caught by the crash sweep (README)
-    Variant("resume_durability_exit", changed=("cli.py",), sweep_finds=True),
+    # found first by the crash sweep (README); the check's resume of a run that died after fetch now sees it
+    Variant("resume_durability_exit", changed=("cli.py",), fails={
+        "five-checkpoints": ("The resume that ran transform and report saved only its last checkpoint",
+                             "no step 2, transform's", "durability=DURABILITY"),
+    }),
     Variant("good_own_connection"),
 ]
 
