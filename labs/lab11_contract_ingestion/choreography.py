@@ -24,6 +24,8 @@ import os
 import signal
 import sys
 
+from psycopg import sql
+
 from .db import connect, ensure_schema, publish
 from .models import (EVENTS_CHANNEL, PRIMARY_MODEL, EmbedInputV1, ExtractInputV1, NotifyInputV1, QualityInputV1,
                      StoreInputV1)
@@ -126,7 +128,7 @@ async def consume(team: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with await connect() as listener:
-        await listener.execute(f"LISTEN {EVENTS_CHANNEL}")
+        await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
         print(f"team {team} (pid {os.getpid()}) listening on {EVENTS_CHANNEL}", flush=True)
         while not stop.is_set():
             await drain(team)
