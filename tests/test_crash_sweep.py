@@ -8,7 +8,8 @@
   Lab 03 (LangGraph on PostgreSQL), Lab 04 (LangGraph paused for a human; approvals re-sent after
   a kill, applied once), Lab 05 (fan-out; the course web's fetch
   ledger as a second ledger) and Lab 06 (Agents SDK tools as activities; the notification sink's
-  receipts as a second ledger): 1 trial x 3 kills each on real
+  receipts as a second ledger) and Lab 11 (contract ingestion: the primary embedding model down for some
+  documents, so the fallback runs; no model for one, so its run fails with an alert): 1 trial x 3 kills each on real
   servers; every kill must fire, 0 violations, and nothing left running.
 The seed is CRASH_SWEEP_SEED or a fixed one; every message prints it with the command that re-runs
 the same schedule. The scenarios: checks/scenario_<slug>.py. The long variant and its figures:
@@ -222,7 +223,7 @@ def logged(lines: list[str]):
 # A hang limit (a quick sweep takes 10-40 s here, minutes at a quarter core), not a speed target; the
 # sweep's own waits (for a result, a restart) end in verdicts that say what was awaited.
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("lab, subjects", [("01", 4), ("02", 4), ("03", 5), ("04", 4), ("05", 4), ("06", 4),
+@pytest.mark.parametrize("lab, subjects", [("01", 4), ("02", 4), ("03", 5), ("04", 4), ("05", 4), ("06", 4), ("11", 6),
                                            pytest.param("07", 4, marks=pytest.mark.skipif(
                                                restate.unavailable() is not None, reason=str(restate.unavailable())))])
 def test_quick_crash_sweep_finds_no_violation(lab, subjects, tmp_path):
