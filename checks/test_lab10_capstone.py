@@ -29,7 +29,6 @@ import io
 import json
 import os
 import random
-import re
 import sys
 import time
 import tokenize
@@ -43,6 +42,9 @@ import pytest
 
 from labkit import prefork, proc
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
+# Shared with the crash sweep (`lab sweep 10`): the same batch, pods, tags and readings.
+from scenario_lab10_capstone import (PRELOAD, answer_rows, checkpoint_threads, create_answers_table, draw_batch,
+                                     llm_calls, pod_env, pod_host, question_rule, reply_for)
 
 LAB = "10"
 RUNTIMES = ("naive", "langgraph", "temporal", "restate")
@@ -53,13 +55,8 @@ TIME_SCALE = float(os.environ.get("LAB10_TIME_SCALE", "0.001"))  # 12 s -> 12 ms
 TEXT_LLM_S, TEXT_FETCH_S = 12.0, 2.0  # §64.2.3's latencies
 HELD_MS = 900_000  # the held answer: far longer than anything the check waits for
 HANG_S = 600.0  # the grader's own hang guard for one pod; verdicts come from states and the Watchdog
-# Third-party modules the fork server imports once (never student code; labkit.prefork): the pods
-# then start in a fraction of a second, so the restart time measures the runtime more than imports.
-# The Restate pod is started with a plain exec: it inherits its listening socket (pass_fds).
-PRELOAD = ["openai", "httpx", "psycopg", "langgraph.graph", "langgraph.checkpoint.postgres",
-           "temporalio.client", "temporalio.worker", "temporalio.workflow", "temporalio.activity",
-           "temporalio.common", "temporalio.exceptions"]
-Q_TAG = re.compile(r"\[lab10 q=([\w.-]+)\]")
+# PRELOAD (scenario_lab10_capstone): what the fork server imports once. The Restate pod is started
+# with a plain exec: it inherits its listening socket (pass_fds).
 REVISIT_RESUME = ("§64.2.3: the new pod must find the batch's progress where the old one left it, in the "
                   "store (PostgreSQL's checkpoints, Temporal's history), under a name both pods compute "
                   "the same way: the batch's id, never the process's.")
@@ -144,32 +141,6 @@ def code_lines(path: Path) -> int:
     return len(lines - doc_lines)
 
 
-def draw_batch(rng: random.Random, corpus: Path, run_tag: str) -> list[dict]:
-    import tomllib
-
-    pool = tomllib.loads(corpus.read_text())["questions"]
-    picked = rng.sample(pool, N) if N <= len(pool) else [rng.choice(pool) for _ in range(N)]
-    # Ids made for this run: a program that knows the corpus's ids knows nothing about these.
-    return [{"id": f"{run_tag}-{i + 1:03d}", "text": q["text"]} for i, q in enumerate(picked)]
-
-
-def answer_rows(db_url: str, batch_id: str) -> dict[str, dict]:
-    with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as conn:
-        rows = conn.execute("SELECT question_id, summary, sources, status, publications, "
-                            "extract(epoch from answered_at) FROM lab10_answers WHERE batch_id = %s",
-                            (batch_id,)).fetchall()
-    return {r[0]: {"summary": r[1], "sources": r[2], "status": r[3], "publications": r[4], "at": float(r[5])}
-            for r in rows}
-
-
-def checkpoint_threads(db_url: str) -> set[str]:
-    with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL").fetchone()[0]
-        if not exists:
-            return set()
-        return {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints").fetchall()}
-
-
 def checkpoint_store(db_url: str) -> tuple[int, str]:
     with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as conn:
         size = conn.execute("SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class WHERE relname IN "
@@ -177,14 +148,6 @@ def checkpoint_store(db_url: str) -> tuple[int, str]:
         exists = conn.execute("SELECT to_regclass('public.checkpoints') IS NOT NULL").fetchone()[0]
         rows = conn.execute("SELECT count(*), count(DISTINCT thread_id) FROM checkpoints").fetchone() if exists else (0, 0)
     return int(size), f"{rows[0]} checkpoints in {rows[1]} thread(s)"
-
-
-def llm_calls(ledger, caller: str) -> list[tuple[str, object]]:
-    found = []
-    for entry in ledger.entries(caller=caller):
-        match = Q_TAG.search(entry.prompt)
-        found.append((match.group(1) if match else "?", entry))
-    return found
 
 
 def origin_key(entry, runtime: str) -> str | None:
@@ -304,16 +267,11 @@ class Scenario:
 
     def start_pod(self, run: Run):
         n = len(run.pods) + 1
-        host = run.workdir / f"host{n}"  # a host of its own: nothing local survives the eviction
-        for sub in ("tmp", "home"):
-            (host / sub).mkdir(parents=True, exist_ok=True)
-        env = self.target.python_env(
-            DATABASE_URL=run.db_url, COURSE_WEB_URL=self.web.url_for(run.caller),
-            OPENAI_BASE_URL=self.services.llm_base_url, OPENAI_API_KEY=run.caller,
-            LAB10_QUESTIONS=str(run.workdir / "questions.json"), LAB10_BATCH_ID=run.batch_id,
-            LAB10_QUESTIONS_PER_RUN=str(self.questions_per_run),
-            TEMPORAL_ADDRESS=self.services.temporal_address, TEMPORAL_TASK_QUEUE=run.task_queue,
-            TMPDIR=str(host / "tmp"), HOME=str(host / "home"))
+        host = pod_host(run.workdir, n)  # a host of its own: nothing local survives the eviction
+        env = pod_env(self.target, host, db_url=run.db_url, web_url=self.web.url_for(run.caller),
+                      llm_url=self.services.llm_base_url, caller=run.caller, questions=run.workdir / "questions.json",
+                      batch_id=run.batch_id, questions_per_run=self.questions_per_run,
+                      temporal_address=self.services.temporal_address, task_queue=run.task_queue)
         socks = []
         if run.runtime == "restate":
             extra, socks = self.restate_env(run)
@@ -348,7 +306,7 @@ class Scenario:
         tag = f"{runtime[:2]}{uuid.uuid4().hex[:5]}"
         workdir = self.workdir / runtime
         workdir.mkdir(parents=True)
-        run = Run(runtime=runtime, questions=draw_batch(self.rng, self.corpus, tag), kill_after=self.kill_after,
+        run = Run(runtime=runtime, questions=draw_batch(self.rng, self.corpus, tag, N), kill_after=self.kill_after,
                   batch_id=f"batch-{tag}", caller=f"lab-lab10-{tag}", db_url=self.postgres.create_database(f"lab10_{tag}"),
                   task_queue=f"lab10-{tag}", workdir=workdir)
         self.runs[runtime] = run
@@ -356,19 +314,12 @@ class Scenario:
             run.unavailable = self.restate_missing
             return run
         (workdir / "questions.json").write_text(json.dumps(run.questions))
-        with psycopg.connect(run.db_url, autocommit=True) as conn:  # the deploy step: the answers table
-            from importlib import import_module
-            sys.path.insert(0, str(self.target.root))
-            try:
-                conn.execute(import_module(self.target.module("steps")).ANSWERS_TABLE)
-            finally:
-                sys.path.remove(str(self.target.root))
+        create_answers_table(self.target, run.db_url)  # the deploy step: the answers table
         nonce = uuid.uuid4().hex[:8]
         rules = []
         for q in run.questions:
-            run.replies[q["id"]] = f"Answer {nonce}/{q['id']}: for '{q['text']}' the sources agree on the short version."
-            rules.append({"name": f"lab10-{q['id']}", "match": rf"\[lab10 q={re.escape(q['id'])}\]",
-                          "reply": run.replies[q["id"]], "latency_ms": round(TEXT_LLM_S * 1000 * TIME_SCALE)})
+            run.replies[q["id"]] = reply_for(nonce, q)
+            rules.append(question_rule(q, run.replies[q["id"]], round(TEXT_LLM_S * 1000 * TIME_SCALE)))
         held = dict(rules[run.kill_after], latency_ms=HELD_MS)
         self.services.llm.push_rules([*rules[:run.kill_after], held, *rules[run.kill_after + 1:]])
         self.web.set_behaviour("_search", caller=run.caller, slow_ms=round(TEXT_FETCH_S * 1000 * TIME_SCALE))
