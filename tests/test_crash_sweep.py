@@ -225,7 +225,8 @@ def logged(lines: list[str]):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("lab, subjects", [("01", 4), ("02", 4), ("03", 5), ("04", 4), ("05", 4), ("06", 4), ("11", 6),
                                            pytest.param("07", 4, marks=pytest.mark.skipif(
-                                               restate.unavailable() is not None, reason=str(restate.unavailable())))])
+                                               restate.unavailable() is not None, reason=str(restate.unavailable()))),
+                                           ("10", 8)])
 def test_quick_crash_sweep_finds_no_violation(lab, subjects, tmp_path):
     command = (f".venv/bin/python bench/crash_sweep.py --lab {lab} --trials 1 --kills {KILLS} --seed {SEED} "
                f"--subjects {subjects}")
