@@ -136,6 +136,7 @@ class Scenario:
     history_a: Any = None
     state_c_while_held: dict = field(default_factory=dict)  # session C's stored state while C1 was held
     state_after_a1: dict = field(default_factory=dict)  # session A's stored state once A1 completed
+    post_retry_s: float = 0.0  # the second crash: from B1's ask to its completion on the new service
 
     def entries(self, ask: Ask) -> list[LedgerEntry]:
         return [e for e in self.ledger if ask.marker in (e.prompt or "")]
@@ -355,6 +356,7 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
 
     # --- a second crash, at another moment: while the chat holds B1's post (received, its answer held)
     s.phase = "post-retry"
+    started = time.monotonic()
     b1 = s.asks["B1"]
     hold = h.sink.hold(caller=h.token, channel=b1.post["channel"], times=1, release_after_s=2 * HANG_S)
     b1.invocation = h.server.send(SERVICE, b1.session, "ask", b1.question)
@@ -376,6 +378,7 @@ def run_scenario(h: Lab07Harness, s: Scenario) -> None:
 
     h.wait("B1's ask to complete on the restarted service", b1_completed, b1, fourth)
     b1.answer = h.server.output(b1.invocation)
+    s.post_retry_s = time.monotonic() - started
     s.phase = "done"
 
 
@@ -494,7 +497,8 @@ def test_the_post_is_delivered_once(scenario: Scenario, evidence):
     posts = [a for a in scenario.attempts if a.channel == b1.post["channel"]]
     delivered = [d for d in scenario.deliveries if d.channel == b1.post["channel"]]
     keys = list(dict.fromkeys(a.key for a in posts))
-    evidence.update(retried_post_attempts=len(posts), retried_post_keys=len(keys), retried_post_deliveries=len(delivered))
+    evidence.update(retried_post_attempts=len(posts), retried_post_keys=len(keys), retried_post_deliveries=len(delivered),
+                    second_crash=f"{scenario.post_retry_s:.1f}s")
     if len(delivered) != 1 or len(keys) != 1:
         first_turn = [e for e in scenario.entries(b1) if e.turn == 0]
         if len(first_turn) > 1:  # the model was asked again, and its new call id made a new key
