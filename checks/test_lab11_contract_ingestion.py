@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import statistics
 import sys
@@ -48,14 +47,13 @@ from labkit.harness import WorkerHarness
 from labkit.llm import LedgerEntry
 from labkit.llm.embeddings import vector as expected_vector
 from labkit.replays import ReplaySet
+from scenario_lab11_contract_ingestion import (QC_MIN_WORDS, STAGE_EVENTS, Doc, doc_of, embedding_rules,
+                                               make_docs, same_vector)
 
 LAB = "11"
-QC_MIN_WORDS = 100  # the case study's rule, as in the lab's models.py
 RUNAWAY_ATTEMPTS = 6  # an activity still retried past this attempt has a retry policy that never gives up
 PATIENCE_S = 90.0  # hang guard: nothing changed (workflows closed, attempts, LLM requests) for this long
 HANG_S = 900.0  # the whole run's hang guard
-DOC_REF = re.compile(r"Contract reference: ([\w-]+)\.")
-STAGE_EVENTS = ("document.extracted", "document.embedded", "document.stored", "document.notified")
 
 CASE_STUDY = "§64.2.2's case study (contract ingestion)"
 REVISIT_SWALLOW = (f"{CASE_STUDY}: the embedding failed silently and the notification still said success. "
@@ -85,51 +83,8 @@ REVISIT_EVENTS = ("Analytics and audit stay choreographed: the workflow publishe
                   "audit and analytics teams' consumers react, without the workflow knowing they exist.")
 
 
-# --- the run's documents ---------------------------------------------------------------------------
-
-FILLER = ("services", "delivery", "schedule", "acceptance", "warranty", "renewal", "notice", "invoice",
-          "annex", "party", "obligation", "insurance", "audit", "records", "pricing", "support", "term",
-          "payment", "signed")
-
-
-@dataclass
-class Doc:
-    doc_id: str
-    words: int
-    raw: str
-    text: str  # the raw text, whitespace normalized: what extract_text gives and what is embedded
-    role: str = "healthy"  # healthy | flaky | down | dead
-    workflow_id: str = ""
-    status: str = ""  # COMPLETED, FAILED, ... (the Temporal status's name)
-    history: WorkflowHistory | None = None
-    result: object = None
-
-
-def make_docs(rng: random.Random, key: str) -> list[Doc]:
-    count = rng.randint(44, 56)
-    sizes = [rng.randint(30, 260) for _ in range(count)]
-    sizes[rng.randrange(count)] = QC_MIN_WORDS - 1
-    sizes[rng.choice([i for i in range(count) if sizes[i] != QC_MIN_WORDS - 1])] = QC_MIN_WORDS
-    docs = []
-    for n, words in enumerate(sizes):
-        doc_id = f"K{key}-{n:02d}{rng.choice('ABCDEFGH')}"
-        body = f"Contract reference: {doc_id}.".split()
-        while len(body) < words:
-            body.append(rng.choice(FILLER))
-        body = body[:words]
-        lines = [" ".join(body[i:i + 10]) for i in range(0, len(body), 10)]
-        raw = "\n".join(line + ("\n\f " if i % 4 == 3 else "  ") for i, line in enumerate(lines))
-        docs.append(Doc(doc_id=doc_id, words=len(body), raw=raw, text=" ".join(raw.split())))
-    order = list(range(count))
-    rng.shuffle(order)
-    n_down, n_dead, n_flaky = rng.randint(6, 10), rng.randint(1, 2), rng.randint(2, 4)
-    for i in order[:n_dead]:
-        docs[i].role = "dead"
-    for i in order[n_dead:n_down]:
-        docs[i].role = "down"
-    for i in order[n_down:n_down + n_flaky]:
-        docs[i].role = "flaky"
-    return docs
+# The run's documents (Doc, make_docs) and the LLM's rules that fail them: scenario_lab11_contract_ingestion,
+# shared with the crash sweep (`lab sweep 11`).
 
 
 # --- evidence ----------------------------------------------------------------------------------------
@@ -173,18 +128,9 @@ class Scenario:
         return [e for e in self.events if e[2] == doc.doc_id and (type is None or e[1] == type)]
 
 
-def doc_of(entry: LedgerEntry) -> str | None:
-    found = DOC_REF.search(entry.prompt)
-    return found.group(1) if found else None
-
-
 def attempt_of(entry: LedgerEntry) -> int | None:
     activity = (entry.origin or {}).get("activity") or {}
     return activity.get("attempt")
-
-
-def same_vector(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= 1e-6 for x, y in zip(a, b))
 
 
 def event_kinds(history: WorkflowHistory) -> list[tuple[int, str, object]]:
@@ -266,18 +212,7 @@ class Lab11:
 
     def push_rules(self) -> None:
         s = self.s
-
-        def refs(docs: list[Doc]) -> str:
-            return r"Contract reference: (?:" + "|".join(re.escape(d.doc_id) for d in docs) + r")\."
-
-        rules = [{"name": f"lab11-{s.key}-dead", "endpoint": "embeddings", "match": refs(s.of("dead")),
-                  "fail_always": True, "fail_status": 503},
-                 {"name": f"lab11-{s.key}-down", "endpoint": "embeddings", "model": re.escape(s.primary),
-                  "match": refs(s.of("down")), "fail_always": True, "fail_status": 503}]
-        rules += [{"name": f"lab11-{s.key}-flaky-{d.doc_id}", "endpoint": "embeddings",
-                   "model": re.escape(s.primary), "match": refs([d]), "fail_first": 1, "fail_status": 500}
-                  for d in s.of("flaky")]
-        self.services.llm.push_rules(rules)
+        self.services.llm.push_rules(embedding_rules(s.key, s.primary, s.docs))
 
     def upload(self) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as db:
