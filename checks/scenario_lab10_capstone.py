@@ -156,7 +156,7 @@ class Sweep:
 
     def __init__(self, workdir: Path, subjects: int = 8, path: Path | None = None, latency_ms: int = 200,
                  search_ms: int = 20, kill_window: tuple[float, float] = (0.4, 2.0),
-                 finish_timeout_s: float = 60.0):
+                 finish_timeout_s: float = 180.0):  # a hang guard: a correct batch ends in seconds
         self.workdir, self.subjects, self.path = Path(workdir), subjects, path
         self.latency_ms, self.search_ms, self.kill_window = latency_ms, search_ms, kill_window
         self.finish_timeout_s = finish_timeout_s
