@@ -44,6 +44,9 @@ from labkit.services import CourseLLM
 from labkit.sweep import LogicalCall, Violation
 from labkit.sweep_kit import graded_copy, last_exception
 
+# What this sweep starts (the LangGraph pod only): it runs where restate-server is missing.
+SERVICES = ["postgres", "llm", "web"]
+
 # Third-party modules the fork server imports once (never student code; labkit.prefork): the pods
 # then start in a fraction of a second, so the restart time measures the runtime more than imports.
 PRELOAD = ["openai", "httpx", "psycopg", "langgraph.graph", "langgraph.checkpoint.postgres",

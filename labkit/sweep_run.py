@@ -62,7 +62,7 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
     """Run the lab's sweep on `target`; print trials, summary, violations; 0 when nothing broke, 1 when
     something did (a violation, or code the sweep could not run), 2 when there is nothing to sweep."""
     try:
-        scenario_module(lab)
+        module = scenario_module(lab)
     except NoScenario as err:
         console.print(f"[yellow]{escape(str(err))}[/yellow]. `lab check {lab.id}` is this lab's test.")
         return 2
@@ -72,7 +72,9 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
         return 2
     from .services import unavailable
 
-    for service in lab.services:  # as a check reports NOT CHECKED: the service's own reason
+    # A sweep may need fewer services than the lab's check (SERVICES in its scenario module).
+    services = list(getattr(module, "SERVICES", lab.services))
+    for service in services:  # as a check reports NOT CHECKED: the service's own reason
         reason = unavailable(service)
         if reason:
             console.print(f"[yellow]lab {lab.id} cannot be swept on this machine[/yellow]: {escape(reason)}")
@@ -86,7 +88,7 @@ def sweep(console: Console, lab: course.Lab, target: Path, *, solution: bool = F
                   "SIGKILL(s) at random moments … a trial takes 10-40 s", markup=False)
     from .cli import SERVICE_NAMES
 
-    console.print(f"servers: the sweep's own ({', '.join(SERVICE_NAMES.get(s, s) for s in lab.services)}; "
+    console.print(f"servers: the sweep's own ({', '.join(SERVICE_NAMES.get(s, s) for s in services)}; "
                   "free ports, stopped after); "
                   f"scenario: {shown(scenario_path(lab))}; same moments again: {same}", style="dim", markup=False)
     note = lab.ignored_edits_note(target)

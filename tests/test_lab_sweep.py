@@ -46,8 +46,8 @@ def temp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def lab_sweep(temp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TMPDIR": str(temp), "LAB_STATE_DIR": str(temp / "state"), "PYTHONUNBUFFERED": "1",
+def lab_sweep(temp: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **extra_env, "TMPDIR": str(temp), "LAB_STATE_DIR": str(temp / "state"), "PYTHONUNBUFFERED": "1",
            "COLUMNS": "200"}
     env.pop("LAB_PATH", None)
     done = subprocess.run([str(LAB_BIN), "sweep", *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -166,3 +166,22 @@ def test_a_lab_without_a_scenario_says_so_plainly(tmp_path):
     assert sweep(console, lab, tmp_path) == 2
     said = console.export_text()
     assert "lab 99 has no crash sweep yet: no checks/scenario_lab99_no_scenario.py" in said, said
+
+
+@pytest.mark.timeout(HANG_LIMIT_S + 60)
+def test_a_machine_without_a_service_the_sweep_needs_is_told_and_one_it_does_not_need_is_swept(temp):
+    """Given a machine without restate-server (LAB_RESTATE_SERVER=none, as without Node.js),
+    When Lab 07 (whose sweep runs the Restate service) and Lab 10 (whose sweep runs only the LangGraph pod:
+    SERVICES in its scenario module) are swept,
+    Then Lab 07 is refused with the reason (exit 2) and Lab 10 is swept all the same (exit 0), nothing left."""
+    from labkit import restate
+
+    refused = lab_sweep(temp, "07", "--solution", "--trials", "1", "--kills", "1", "--seed", str(SEED),
+                        **{restate.BINARY_ENV: "none"})
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "lab 07 cannot be swept on this machine" in refused.stdout, refused.stdout
+    swept = lab_sweep(temp, "10", "--solution", "--trials", "1", "--kills", "1", "--seed", str(SEED),
+                      **{restate.BINARY_ENV: "none"})
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    assert "0 violations" in swept.stdout and "Restate" not in swept.stdout.split("scenario:")[0], swept.stdout
+    assert not still_running(temp), still_running(temp)
