@@ -44,7 +44,8 @@ from labkit import prefork, proc
 from labkit.feedback import CheckFailed, NotChecked, student_error, tail, unfinished
 # Shared with the crash sweep (`lab sweep 10`): the same batch, pods, tags and readings.
 from scenario_lab10_capstone import (PRELOAD, answer_rows, checkpoint_threads, create_answers_table, draw_batch,
-                                     llm_calls, pod_env, pod_host, question_rule, reply_for)
+                                     llm_calls, pod_env, pod_host, question_rule, release_dead_pod, reply_for,
+                                     terminate_open, with_temporal_client)
 
 LAB = "10"
 RUNTIMES = ("naive", "langgraph", "temporal", "restate")
@@ -158,14 +159,7 @@ def origin_key(entry, runtime: str) -> str | None:
     return None
 
 
-# --- Temporal helpers --------------------------------------------------------------------------------
-
-async def _temporal(address: str, fn):
-    from temporalio.client import Client
-
-    client = await Client.connect(address)
-    return await fn(client)
-
+# --- the runtimes' stores (release_dead_pod, terminate_open: scenario_lab10_capstone) ------------------
 
 def restate_store(server, batch_id: str) -> tuple[int, str]:
     """The batch invocation's journal: what restate-server keeps for it (entries and their bytes)."""
@@ -178,48 +172,6 @@ def restate_store(server, batch_id: str) -> tuple[int, str]:
     return size, f"{entries} journal entries in {len(rows)} invocation(s)"
 
 
-def release_dead_pod(address: str, task_queue: str, cut_off: list[dict]) -> int:
-    """Do at once what the server would do when the dead pod's timeouts expire: fail its running
-    activity attempts (the retry policy applies, as for a timeout) and forget its sticky queue.
-    `cut_off`: the attempts the ledger shows in flight (their X-Lab-Origin names workflow, run and
-    activity), released first: a run that continued-as-new a moment ago may not be listed yet."""
-    from temporalio.api.enums.v1 import PendingActivityState
-    from temporalio.exceptions import ApplicationError
-    from temporalio.service import RPCError
-
-    from labkit import temporal
-
-    async def fail(client, workflow_id: str, run_id: str | None, activity_id: str) -> int:
-        try:
-            await client.get_async_activity_handle(workflow_id=workflow_id, run_id=run_id, activity_id=activity_id
-                                                   ).fail(ApplicationError("the pod running this attempt was evicted (SIGKILL)"))
-            return 1
-        except RPCError:  # completed or already failed: nothing to release
-            return 0
-
-    async def release(client) -> int:
-        failed = 0
-        for attempt in cut_off:
-            failed += await fail(client, attempt["workflow_id"], attempt.get("run_id"), attempt["id"])
-            try:
-                await temporal.forget_sticky_queue(client, attempt["workflow_id"])
-            except RPCError:
-                pass
-        async for execution in client.list_workflows(f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'):
-            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
-            description = await handle.describe()
-            for activity in description.raw_description.pending_activities:
-                if activity.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-                    failed += await fail(client, execution.id, execution.run_id, activity.activity_id)
-            try:
-                await temporal.forget_sticky_queue(client, execution.id)
-            except RPCError:
-                pass
-        return failed
-
-    return asyncio.run(_temporal(address, release))
-
-
 def temporal_store(address: str, task_queue: str) -> tuple[int, str, int]:
     async def measure(client):
         size, events, runs = 0, 0, 0
@@ -229,21 +181,7 @@ def temporal_store(address: str, task_queue: str) -> tuple[int, str, int]:
             size += execution.raw_info.history_size_bytes or 0
         return size, f"{events} history events in {runs} workflow run(s)", runs
 
-    return asyncio.run(_temporal(address, measure))
-
-
-def terminate_open(address: str, task_queue: str) -> None:
-    async def terminate(client):
-        async for execution in client.list_workflows(f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'):
-            try:
-                await client.get_workflow_handle(execution.id).terminate("the check is over")
-            except Exception:
-                pass
-
-    try:
-        asyncio.run(_temporal(address, terminate))
-    except Exception:
-        pass
+    return asyncio.run(with_temporal_client(address, measure))
 
 
 # --- the scenario ------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_a_lab_without_a_scenario_says_so_plainly(tmp_path):
 @pytest.mark.timeout(HANG_LIMIT_S + 60)
 def test_a_machine_without_a_service_the_sweep_needs_is_told_and_one_it_does_not_need_is_swept(temp):
     """Given a machine without restate-server (LAB_RESTATE_SERVER=none, as without Node.js),
-    When Lab 07 (whose sweep runs the Restate service) and Lab 10 (whose sweep runs only the LangGraph pod:
+    When Lab 07 (whose sweep runs the Restate service) and Lab 10 (whose sweep runs its LangGraph and Temporal pods:
     SERVICES in its scenario module) are swept,
     Then Lab 07 is refused with the reason (exit 2) and Lab 10 is swept all the same (exit 0), nothing left."""
     from labkit import restate
