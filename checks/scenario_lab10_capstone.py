@@ -256,7 +256,10 @@ class Batch:
 class Sweep:
     lab = "10"
 
-    def __init__(self, workdir: Path, subjects: int = 8, path: Path | None = None, latency_ms: int = 200,
+    # latency_ms: each answer's floor. 8 questions x 0.6 s = 4.8 s of answering per batch, longer than the
+    # quick test's three kill delays together (seed 2026: 4.4 s), so however fast the machine, a pod is
+    # still at work when the last kill comes (a kill that finds every pod finished has nothing to test).
+    def __init__(self, workdir: Path, subjects: int = 8, path: Path | None = None, latency_ms: int = 600,
                  search_ms: int = 20, kill_window: tuple[float, float] = (0.5, 4.5),
                  finish_timeout_s: float = 180.0,  # a hang guard: a correct batch ends in seconds
                  runtimes: tuple[str, ...] = RUNTIMES, questions_per_run: int = 3):
