@@ -180,6 +180,11 @@ def build(out: Path, labs: str | None = None, repo: Path = REPO, ref: str = "HEA
     chosen = grading.load_labs(labs, course.load(repo / "course.toml"))
     files = lab_files(repo, chosen, ref)
     refuse_solved(files, chosen, repo)
+    needs_npm = any(NPM_SERVICES & set(lab.services) for lab in chosen)
+    missing = [name for name in NPM_FILES if needs_npm and not (repo / name).is_file()]
+    if missing:
+        raise BuildError(f"{', '.join(missing)} missing in {repo}: a lab this zip grades needs a server npm "
+                         "ships (restate-server); restore them from the course's repository")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -190,7 +195,7 @@ def build(out: Path, labs: str | None = None, repo: Path = REPO, ref: str = "HEA
             archive.writestr(info, (repo / "gradescope" / script).read_bytes())
         for rel in shipped_files(repo):
             archive.write(repo / rel, rel.as_posix())
-        if any(NPM_SERVICES & set(lab.services) for lab in chosen):  # setup-node.sh then runs npm ci
+        if needs_npm:  # setup-node.sh then runs npm ci
             for name in NPM_FILES:
                 archive.write(repo / name, name)
         for path in sorted(files.files):

@@ -131,7 +131,7 @@ def course_tree(tmp_path: Path, name: str = "course") -> Path:
     tree.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".lab", ".pytest_cache")
     for item in ("pyproject.toml", "requirements.lock", "README.md", "course.toml", "labkit", "checks",
-                 "gradescope", "labs", "solutions"):
+                 "gradescope", "labs", "solutions", "package.json", "package-lock.json"):
         source = REPO / item
         if source.is_dir():
             shutil.copytree(source, tree / item, ignore=ignore)
@@ -311,3 +311,16 @@ def test_setup_node_does_nothing_for_a_zip_without_npm_packages(tmp_path):
     done = subprocess.run([shutil.which("bash"), str(source / "setup-node.sh")], env=_tools_only(tmp_path, True),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not (source / "npm-args").exists() and not done.stdout, done.stdout + done.stderr
+
+
+def test_a_zip_for_the_restate_lab_is_refused_without_the_npm_lock(tmp_path, outside_git):
+    """Given a course copy without package-lock.json, When a zip grading Lab 07 is built, Then it is refused
+    with the file named (a zip that could never install restate-server is not written)."""
+    from labkit.gradescope import BuildError
+
+    tree = course_tree(tmp_path)
+    (tree / "package-lock.json").unlink()
+    out = tmp_path / "dist" / "autograder.zip"
+    with pytest.raises(BuildError, match="package-lock.json missing"):
+        build_from(tree, out, "07")
+    assert not out.exists() and not out.with_suffix(".tmp").exists()
