@@ -97,6 +97,12 @@ class Course:
         raise KeyError(f"no lab {key!r} in course.toml; the labs are: {known}")
 
 
+def shown(path: Path) -> str:
+    """A path as a student reads it: relative to the course's folder when inside it."""
+    path = Path(path)
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def same_code(a: Path, b: Path) -> bool:
     """The two files hold the same program: equal bytes or, for Python, the same syntax tree once
     the module docstring is set aside (a lab folder's __init__.py says "starter" or "solution")."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from . import background, course, proc, temporal
+from .course import shown  # noqa: F401  (notebooks call notebook.shown)
 from .aio import run_sync
 from .feedback import tail
 from .services import (CourseLLM, ServiceError, TemporalServer, free_port, port_open, temporal_binary,
@@ -102,11 +103,6 @@ def state_dir(lab: course.Lab) -> Path:
     path = course.REPO / ".lab" / "notebooks" / f"{lab.slug}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     path.mkdir(parents=True)
     return path
-
-
-def shown(path: Path) -> str:
-    path = Path(path)
-    return str(path.relative_to(course.REPO)) if path.is_relative_to(course.REPO) else str(path)
 
 
 def preferred_port(port: int) -> int:
@@ -324,11 +320,11 @@ def run_sweep(lab: course.Lab, lab_dir: Path, *, trials: int = 1, kills: int = 2
             "--kills", str(kills), "--seed", str(seed)]
     if Path(lab_dir).resolve() != lab.starter_dir.resolve():
         argv += ["--path", str(lab_dir)]
-    shown = "$ " + shlex.join(["lab", *argv[1:]])
+    typed = "$ " + shlex.join(["lab", *argv[1:]])
     if os.environ.get("LAB_NOTEBOOK_TEST_TOKEN"):
-        print(f"{shown}\n(not run under the notebook test: tests/test_crash_sweep.py sweeps every solution)")
+        print(f"{typed}\n(not run under the notebook test: tests/test_crash_sweep.py sweeps every solution)")
         return None
-    print(shown)
+    print(typed)
     env = {k: v for k, v in os.environ.items() if k not in ("LAB_PATH", "TEMPORAL_ADDRESS")}
     env["COLUMNS"] = env.get("COLUMNS", "110")
     done = subprocess.run(argv, cwd=course.REPO, env=env, capture_output=True, text=True, timeout=timeout,

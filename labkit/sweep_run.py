@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from . import course, limits, proc, state
 from .aio import run_sync
-from .course import REPO
+from .course import shown
 from .feedback import CheckFailed
 from .sweep import NoScenario, Report, TrialSummary, load_scenario, run_sweep, scenario_module, scenario_path
 
@@ -35,10 +35,6 @@ PER_TRIAL_LIMIT_S = 300.0  # a hang guard, far above a trial's 10-40 s (minutes 
 START_LIMIT_S = 180.0  # the servers and the graded copy, once
 SHOWN_PER_TRIAL = 4  # violations printed per trial (the count says how many more)
 SERVERS_OF_THE_CHECK = ("TEMPORAL_ADDRESS", "DATABASE_URL")  # the student's own servers: never the sweep's
-
-
-def shown(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def rerun_command(lab: course.Lab, *, seed: int, kills: int, trial: int | None = None, trials: int | None = None,
