@@ -516,6 +516,13 @@ def test_the_post_is_delivered_once(scenario: Scenario, evidence):
                      f"keys {keys}, {len(delivered)} delivered",
             expected="the retry posts again (the step never finished) with the interrupted post's key, and the chat "
                      "delivers it once", revisit=REVISIT_KEY)
+    if len(posts) < 2:  # one post: the kill did not interrupt it, so the retry's key was never put to the test
+        raise CheckFailed(
+            "The second crash did not catch B1's post in flight: the post was not sent again after the restart",
+            observed=f"{len(posts)} post(s) to {b1.post['channel']}, {len(delivered)} delivered",
+            expected="the post the chat held when the service was killed, then the retry's post with the same key",
+            revisit="Post inside the ask handler, in its own ctx.run step, so a crash before the post's result is "
+                    "journaled makes the retry post again.")
 
 
 @pytest.mark.check("journal-confirms")
